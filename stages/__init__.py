@@ -1,0 +1,1 @@
+"""MedDialog pipeline stages: one module per DVC stage, plus small shared modules."""
