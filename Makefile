@@ -6,8 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # Stages whose code exists; `dvc repro` of these also runs everything upstream.
-# Stages not built yet (baseline, sft, grpo, eval) end with a one-line message.
-BUILT_STAGES := process base_model
+# Stages not built yet (sft, grpo, eval) end with a one-line message.
+BUILT_STAGES := process baseline
 
 .PHONY: setup repro test
 setup: $(STAMP)

@@ -1,10 +1,27 @@
-"""Stage: baseline (not built yet; see the project's issue tracker)."""
+"""Stage 3 (tutorial step 3): score the base model before any training.
+
+    python -m stages.baseline
+
+Evaluates models/base on `baseline.num_samples` test conversations (a seeded selection from
+every source's test split, the same conversations every model is scored on) and writes
+metrics/baseline.json (DVC metrics) and metrics/baseline_predictions.jsonl.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
 from stages import cli
-from stages.unbuilt import fail
+from stages.evaluation import evaluate_model, select, test_conversations
+from stages.params import load_params
+from stages.scoring import Embedder
+
+BASE_DIR = Path("models/base")
 
 
 def main() -> None:
-    fail("baseline", "base-model evaluation (stages/modeling.py, stages/generation.py, stages/scoring.py)")
+    params = load_params()
+    samples = select(test_conversations(list(params.data.sources)), params.baseline.num_samples, params.seed)
+    evaluate_model("baseline", "baseline", BASE_DIR, samples, params, Embedder())
 
 
 if __name__ == "__main__":

@@ -1,10 +1,47 @@
-"""Stage: eval (not built yet; see the project's issue tracker)."""
+"""Final stage (tutorial "Evaluating Results"): score the sft and grpo models beside the base.
+
+    python -m stages.eval
+
+Evaluates models/sft and models/grpo (adapter chains on models/base) on `eval.num_samples`
+test conversations, selected exactly as the baseline stage selects them, and writes
+metrics/{sft,grpo}.json with predictions beside them, metrics/comparison.json and
+metrics/report.md (a table base vs sft vs grpo and three side-by-side examples).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
 from stages import cli
-from stages.unbuilt import fail
+from stages.errors import UserError
+from stages.evaluation import METRICS_DIR, evaluate_model, select, test_conversations
+from stages.params import load_params
+from stages.report import comparison, markdown, read_results
+from stages.scoring import Embedder
+
+log = logging.getLogger("eval")
+
+TRAINED = {"sft": Path("models/sft"), "grpo": Path("models/grpo")}
 
 
 def main() -> None:
-    fail("eval", "evaluation of the sft and grpo models and metrics/report.md")
+    params = load_params()
+    for name, path in TRAINED.items():
+        if not path.is_dir():
+            raise UserError(f"{path} not found: the {name} stage has not produced a model (`dvc repro {name}`)")
+    if not (METRICS_DIR / "baseline.json").is_file():
+        raise UserError("metrics/baseline.json not found: run the baseline stage first (`dvc repro baseline`)")
+    samples = select(test_conversations(list(params.data.sources)), params.eval.num_samples, params.seed)
+    embedder = Embedder()
+    for name, path in TRAINED.items():
+        evaluate_model("eval", name, path, samples, params, embedder)
+    results, predictions = {}, {}
+    for name in ("baseline", *TRAINED):
+        results[name], predictions[name] = read_results(METRICS_DIR, name)
+    (METRICS_DIR / "comparison.json").write_text(json.dumps(comparison(results), indent=2, sort_keys=True) + "\n")
+    (METRICS_DIR / "report.md").write_text(markdown(results, predictions), encoding="utf-8")
+    log.info("wrote metrics/comparison.json and metrics/report.md")
 
 
 if __name__ == "__main__":

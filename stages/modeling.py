@@ -148,9 +148,9 @@ def model_chain(path: Path) -> tuple[Path, tuple[Path, ...]]:
     """(base directory, adapters in order) for a model directory or an adapter of this pipeline."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path} does not exist")
+        raise UserError(f"model path {path} does not exist")
     if not path.is_dir():
-        raise UserError(f"{path} is not a directory (expected a model directory or an adapter directory)")
+        raise UserError(f"model path {path} is not a directory (expected a model directory or an adapter directory)")
     if (path / "adapter_config.json").is_file():
         lineage_file = path / LINEAGE_FILE
         if not lineage_file.is_file():
@@ -166,3 +166,15 @@ def model_chain(path: Path) -> tuple[Path, tuple[Path, ...]]:
         return path, ()
     raise UserError(f"{path} is neither a Hugging Face model directory (config.json) "
                     "nor an adapter directory of this pipeline (adapter_config.json)")
+
+
+def write_lineage(adapter_dir: Path, base_dir: Path, parents: tuple[Path, ...] = (), **details) -> None:
+    """Record what `adapter_dir` was trained on top of, so it can be rebuilt anywhere in the repo."""
+    base_source = Path(base_dir) / SOURCE_FILE
+    lineage = {
+        "base_model": str(base_dir),
+        "base_source": json.loads(base_source.read_text()) if base_source.is_file() else None,
+        "adapters": [str(p) for p in parents],
+        **details,
+    }
+    (Path(adapter_dir) / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")

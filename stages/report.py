@@ -1,0 +1,54 @@
+"""metrics/comparison.json and metrics/report.md: base vs sft vs grpo side by side."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REPORT_METRICS = ("rougeL", "rouge1", "rouge2", "bleu", "sentence_bleu", "similarity",
+                  "answer_words_mean", "repetition", "empty_rate", "num_samples")
+EXAMPLES = 3
+EXCERPT_CHARS = 600
+
+
+def comparison(results: dict[str, dict]) -> dict[str, float]:
+    """Flat `<metric>.<model>` values plus `<metric>.<model>_minus_baseline` deltas."""
+    flat: dict[str, float] = {}
+    for metric in REPORT_METRICS:
+        for model, metrics in results.items():
+            flat[f"{metric}.{model}"] = metrics[metric]
+            if model != "baseline":
+                flat[f"{metric}.{model}_minus_baseline"] = round(metrics[metric] - results["baseline"][metric], 6)
+    return flat
+
+
+def markdown(results: dict[str, dict], predictions: dict[str, list[dict]]) -> str:
+    models = list(results)
+    lines = ["# Evaluation report", "",
+             "Scores on the same seeded test conversations (see stages/scoring.py for definitions).", "",
+             "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for metric in REPORT_METRICS:
+        lines.append(f"| {metric} | " + " | ".join(f"{results[m][metric]:.4f}" for m in models) + " |")
+    counts = {results[m]["num_samples"] for m in models}
+    if len(counts) > 1:
+        lines += ["", "**Note:** the models were scored on different numbers of conversations "
+                      "(baseline.num_samples differs from eval.num_samples), so the columns are not comparable."]
+    lines += ["", "## Examples", ""]
+    by_id = {m: {row["id"]: row for row in rows} for m, rows in predictions.items()}
+    shared = [row["id"] for row in predictions[models[0]] if all(row["id"] in by_id[m] for m in models)]
+    for number, example_id in enumerate(shared[:EXAMPLES], start=1):
+        first = by_id[models[0]][example_id]
+        lines += [f"### Example {number} ({example_id})", "", f"**Patient:** {_excerpt(first['question'])}", "",
+                  f"**Reference:** {_excerpt(first['reference'])}", ""]
+        lines += [f"**{m}:** {_excerpt(by_id[m][example_id]['prediction']) or '(empty)'}" + "\n" for m in models]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def read_results(metrics_dir: Path, name: str) -> tuple[dict, list[dict]]:
+    metrics = json.loads((metrics_dir / f"{name}.json").read_text())
+    rows = [json.loads(line) for line in (metrics_dir / f"{name}_predictions.jsonl").read_text().splitlines()]
+    return metrics, rows
+
+
+def _excerpt(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS - 1] + "…"
