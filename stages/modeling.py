@@ -77,9 +77,16 @@ def save_base(model, tokenizer, out_dir: Path, source: dict) -> None:
     same source and library versions, which is what lets `dvc repro` rebuild models/base
     (a `cache: false` output) in a fresh clone without invalidating anything downstream.
     """
+    import copy
+
     from transformers import AutoModelForCausalLM
 
-    rebuilt = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype)
+    # The weights are de-quantized in memory; keeping GGUF's quantization_config in config.json
+    # would make transformers treat the saved float model as quantized (and refuse to train it).
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    rebuilt = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     rebuilt.load_state_dict(model.state_dict())
     rebuilt.generation_config = model.generation_config
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -142,11 +142,22 @@ class SftParams:
     gradient_checkpointing: bool = False
     packing: bool = False
     sources: list[str] = field(default_factory=list)
+    max_samples: int = 0
+    max_steps: int = -1
+    eval_samples: int = 32
+    eval_steps: int = 10
+    save_steps: int = 10
     resume: Literal["auto", "never"] = "auto"
 
     def validate(self, key: str) -> None:
         _require(self.lr > 0, f"{key}.lr", "must be > 0", self.lr)
         _require(self.epochs > 0, f"{key}.epochs", "must be > 0", self.epochs)
+        _require(self.max_samples >= 0, f"{key}.max_samples", "must be >= 0 (0 = all)", self.max_samples)
+        _require(self.max_steps == -1 or self.max_steps >= 1, f"{key}.max_steps", "must be -1 (epochs decide) or >= 1",
+                 self.max_steps)
+        _require(self.eval_samples >= 1, f"{key}.eval_samples", "must be >= 1", self.eval_samples)
+        _require(self.eval_steps >= 1, f"{key}.eval_steps", "must be >= 1", self.eval_steps)
+        _require(self.save_steps >= 1, f"{key}.save_steps", "must be >= 1", self.save_steps)
         _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)
         _require(self.grad_accum >= 1, f"{key}.grad_accum", "must be >= 1", self.grad_accum)
         _require(self.max_length >= 16, f"{key}.max_length", "must be >= 16", self.max_length)

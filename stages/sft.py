@@ -1,10 +1,143 @@
-"""Stage: sft (not built yet; see the project's issue tracker)."""
+"""Stage 4 (tutorial step 4): supervised fine-tuning with TRL's SFTTrainer and a LoRA adapter.
+
+    python -m stages.sft                                  # what `dvc repro sft` runs
+    dvc exp run -S sft.lr=1e-4 -S sft.epochs=2           # an experiment
+    dvc exp run -S model.name=Qwen/Qwen2.5-3B-Instruct -S sft.epochs=3 -S sft.batch_size=4 \\
+        -S sft.max_steps=-1 -S sft.max_samples=0         # the tutorial's GPU recipe (4-bit QLoRA on CUDA)
+
+Trains on data/processed/<source>/train.jsonl for `sft.sources`, validates on their val split,
+with the loss on every assistant turn only (stages/chat_data.py). LoRA on float32 on CPU; on
+CUDA bfloat16, and 4-bit QLoRA when `model.load_in_4bit` is auto/true. Writes models/sft
+(adapter + tokenizer + lineage.json), metrics/sft_history.csv (plot) and metrics/sft_train.json.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
 from stages import cli
-from stages.unbuilt import fail
+from stages.params import load_params
+
+log = logging.getLogger("sft")
+
+BASE_DIR = Path("models/base")
+OUT_DIR = Path("models/sft")
+HISTORY_FILE = Path("metrics/sft_history.csv")
+SUMMARY_FILE = Path("metrics/sft_train.json")
+HISTORY_COLUMNS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm")
+
+
+def build_dataset(tokenizer, records: list[dict], max_length: int):
+    """Tokenised examples with assistant masks; drops (and counts) any left with no assistant token."""
+    from datasets import Dataset
+
+    from stages.chat_data import tokenize_conversation
+
+    rows = [tokenize_conversation(tokenizer, r["messages"], max_length) for r in records]
+    kept = [r for r in rows if any(r["assistant_masks"])]
+    if len(kept) < len(rows):
+        log.warning("%d of %d examples have no assistant token within sft.max_length=%d and are skipped",
+                    len(rows) - len(kept), len(rows), max_length)
+    return Dataset.from_list(kept)
 
 
 def main() -> None:
-    fail("sft", "LoRA supervised fine-tuning with TRL SFTTrainer")
+    params = load_params()
+    sft = params.sft
+
+    # ------------------------------------------------------------------ seed, data
+    import torch
+    from peft import LoraConfig
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    from stages.modeling import load_model
+    from stages.tracking import flatten, start_run
+    from stages.training import (checkpoint_dir, fingerprint, last_checkpoint, make_history_callback, read_split,
+                                 save_adapter, write_history, write_json)
+
+    set_seed(params.seed)
+    train_records = read_split(sft.sources, "train")
+    if sft.max_samples:
+        train_records = random.Random(params.seed).sample(train_records, min(sft.max_samples, len(train_records)))
+    val_records = read_split(sft.sources, "val")
+    val_records = random.Random(params.seed).sample(val_records, min(sft.eval_samples, len(val_records)))
+
+    # ------------------------------------------------------------------ tokenizer, model
+    model, tokenizer = load_model(BASE_DIR, params.model)
+    train_set = build_dataset(tokenizer, train_records, sft.max_length)
+    val_set = build_dataset(tokenizer, val_records, sft.max_length)
+    on_cuda = torch.cuda.is_available()
+    run_key = fingerprint(params.seed, params.model, params.lora, sft, train_records, val_records)
+
+    # ------------------------------------------------------------------ trainer
+    config = SFTConfig(
+        output_dir=str(checkpoint_dir("sft", run_key)),
+        num_train_epochs=sft.epochs,
+        max_steps=sft.max_steps,
+        per_device_train_batch_size=sft.batch_size,
+        per_device_eval_batch_size=sft.batch_size,
+        gradient_accumulation_steps=sft.grad_accum,
+        learning_rate=sft.lr,
+        lr_scheduler_type=sft.scheduler,
+        warmup_steps=sft.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        max_length=sft.max_length,
+        packing=sft.packing,
+        gradient_checkpointing=sft.gradient_checkpointing,
+        bf16=on_cuda,
+        logging_steps=1,
+        eval_strategy="steps",
+        eval_steps=sft.eval_steps,
+        save_strategy="steps",
+        save_steps=sft.save_steps,
+        save_total_limit=2,
+        seed=params.seed,
+        data_seed=params.seed,
+        report_to="none",  # MLflow is logged by stages.tracking, with our tags and failure handling
+        include_num_input_tokens_seen=True,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    lora = LoraConfig(r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
+                      target_modules=list(params.lora.target_modules), task_type="CAUSAL_LM")
+
+    with start_run("sft", params.mlflow.experiment) as run:
+        run.log_params({**flatten("", params), "train_examples": len(train_set), "val_examples": len(val_set),
+                        "effective_batch_size": sft.batch_size * sft.grad_accum * config.world_size})
+        history = make_history_callback(run)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=val_set,
+                             processing_class=tokenizer, peft_config=lora, callbacks=[history])
+        log.info("training on %d examples (%d validation), effective batch %d, %s",
+                 len(train_set), len(val_set), sft.batch_size * sft.grad_accum * config.world_size,
+                 "CUDA" if on_cuda else "CPU")
+
+        # -------------------------------------------------------------- train (resume)
+        resume_from = last_checkpoint(Path(config.output_dir), sft.resume)
+        eval_start = trainer.evaluate()["eval_loss"]  # the untrained adapter: step 0 of the eval curve
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        runtime = time.perf_counter() - started
+        eval_end = trainer.evaluate()["eval_loss"]
+
+        # -------------------------------------------------------------- save (main process only)
+        if trainer.is_world_process_zero():
+            tokens = trainer.state.num_input_tokens_seen
+            summary = {"train_loss": result.training_loss, "eval_loss": eval_end, "eval_loss_start": eval_start,
+                       "steps": trainer.state.global_step, "epochs": trainer.state.epoch or 0.0,
+                       "tokens_seen": tokens, "train_runtime_s": runtime, "tokens_per_s": tokens / runtime}
+            save_adapter(trainer.model, tokenizer, OUT_DIR, BASE_DIR, (), stage="sft", run_key=run_key,
+                         train_examples=len(train_set))
+            # train() starts a fresh log history, so the pre-training eval is added back as step 0
+            write_history(HISTORY_FILE, [{"step": 0, "epoch": 0.0, "eval_loss": eval_start}, *trainer.state.log_history],
+                          HISTORY_COLUMNS)
+            write_json(SUMMARY_FILE, summary)
+            run.log_metrics({f"final_{k}": v for k, v in summary.items()})
+            if params.mlflow.log_models:
+                run.log_artifacts(OUT_DIR, "adapter")
+            log.info("eval loss %.4f -> %.4f in %d steps (%.0f s, %.0f tokens/s); adapter in %s",
+                     eval_start, eval_end, summary["steps"], runtime, summary["tokens_per_s"], OUT_DIR)
 
 
 if __name__ == "__main__":

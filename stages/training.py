@@ -1,0 +1,113 @@
+"""What the sft and grpo stages share: data loading, fingerprints, checkpoints, history, outputs.
+
+Checkpoints live in scratch/checkpoints/<stage>-<fingerprint>/, outside DVC's outputs, so a run
+killed half-way resumes from its last checkpoint when rerun (`<stage>.resume: auto`). The
+fingerprint covers the params and data the run depends on: changed params start a fresh run
+instead of resuming someone else's.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from stages.errors import UserError
+from stages.evaluation import PROCESSED_DIR
+from stages.modeling import write_lineage
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_ROOT = Path("scratch/checkpoints")
+
+
+def read_split(sources: list[str], split: str) -> list[dict]:
+    records = []
+    for source in sources:
+        path = PROCESSED_DIR / source / f"{split}.jsonl"
+        if not path.is_file():
+            raise UserError(f"{path} not found: run the process stage first (`dvc repro process`)")
+        records.extend(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+    return records
+
+
+def fingerprint(*parts: Any) -> str:
+    """Short stable hash of params (dataclasses as dicts) and data records."""
+    text = json.dumps(parts, sort_keys=True, default=lambda o: getattr(o, "__dict__", str(o)))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def checkpoint_dir(stage: str, key: str) -> Path:
+    return CHECKPOINT_ROOT / f"{stage}-{key}"
+
+
+def last_checkpoint(directory: Path, resume: str) -> str | None:
+    """The newest complete checkpoint to resume from, or None to start fresh.
+
+    A run killed while saving leaves a checkpoint directory without trainer_state.json (the
+    Trainer writes it last); resuming from it fails, so such directories are skipped.
+    """
+    if resume != "auto" or not directory.is_dir():
+        return None
+    candidates = sorted((p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                        key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for candidate in candidates:
+        if (candidate / "trainer_state.json").is_file():
+            log.info("resuming from %s", candidate)
+            return str(candidate)
+        log.warning("skipping incomplete checkpoint %s (the run was stopped while saving it)", candidate)
+    return None
+
+
+def make_history_callback(run):
+    """A TrainerCallback that sends every numeric log value to MLflow as it happens."""
+    from transformers import TrainerCallback
+
+    class MlflowLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                run.log_metrics({k.replace("/", "_"): float(v) for k, v in logs.items()
+                                 if isinstance(v, (int, float)) and math.isfinite(float(v))}, step=state.global_step)
+
+    return MlflowLogger()
+
+
+def write_history(path: Path, log_history: list[dict], columns: tuple[str, ...],
+                  rename: dict[str, str] | None = None) -> None:
+    """CSV for `dvc plots` from the trainer's log history (kept across resumes in its checkpoints):
+    one row per step, blank where a value was not logged at that step."""
+    rename = rename or {}
+    rows: dict[int, dict] = {}
+    for entry in log_history:
+        step = int(entry.get("step", 0))
+        row = rows.setdefault(step, {"step": step})
+        row.update({rename.get(k, k): v for k, v in entry.items() if isinstance(v, (int, float))})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for step in sorted(rows):
+            writer.writerow({k: _fmt(rows[step].get(k)) for k in columns})
+
+
+def save_adapter(model, tokenizer, out_dir: Path, base_dir: Path, parents: tuple[Path, ...], **details) -> None:
+    """Adapter weights (safetensors) + tokenizer + lineage.json into a fresh `out_dir`."""
+    import shutil
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    write_lineage(out_dir, base_dir, parents, **details)
+
+
+def write_json(path: Path, values: dict[str, float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({k: round(float(v), 6) for k, v in values.items()}, indent=2, sort_keys=True) + "\n")
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
