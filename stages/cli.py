@@ -19,6 +19,9 @@ def setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # bitsandbytes announces at import that an optional CPU 4-bit kernel package is missing;
+    # 4-bit is only ever used on CUDA here, so that warning is noise in every stage's log.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def run(main: Callable[[], None]) -> None:

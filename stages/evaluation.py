@@ -84,8 +84,7 @@ def evaluate(model, tokenizer, samples: list[dict], params: Params, embedder: Em
     """Generate answers for `samples` and score them; returns (metrics, prediction rows, seconds
     spent generating). The timing stays out of the metrics, which are deterministic on CPU."""
     prompts = [prompt_messages(s["messages"]) for s in samples]
-    references = [prompt_and_answer[len(p)]["content"] for p, prompt_and_answer in
-                  zip(prompts, (s["messages"] for s in samples))]
+    references = [s["messages"][-1]["content"] for s in samples]  # conversations end with the answer
     started = time.perf_counter()
     predictions = generate(model, tokenizer, prompts, params.generation)
     seconds = time.perf_counter() - started

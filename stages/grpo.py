@@ -1,10 +1,170 @@
-"""Stage: grpo (not built yet; see the project's issue tracker)."""
+"""Stage 5 (tutorial step 6): GRPO with TRL's GRPOTrainer on top of the SFT model.
+
+    python -m stages.grpo                                 # what `dvc repro grpo` runs
+    dvc exp run -S grpo.num_generations=8 -S grpo.lr=5e-5
+    dvc exp run -S grpo.batch_size=2 -S grpo.num_generations=2 -S grpo.max_completion_length=128 \\
+        -S grpo.max_steps=-1                              # the tutorial's settings
+
+The policy is models/base with the SFT adapter merged in memory, plus a new LoRA adapter. For each
+prompt of the GRPO subset (data/processed/<source>/train_small.jsonl: the dialogue up to the last
+patient turn) it samples `grpo.num_generations` answers, scores them with stages/rewards.py, and
+pushes up the answers that beat their group's mean. How this departs from textbook GRPO: the
+reference policy for the KL term (`grpo.beta`) is the merged SFT model (the adapter disabled),
+not a separate copy; and rewards are rule-based, scored against the dataset's reference answer.
+
+Why the loss sits near 0: GRPO's advantages are normalised within each group, so they average to
+zero, and the logged loss (advantage-weighted ratio, plus beta × KL) starts at ~0 and stays small
+even while the policy improves. Watch `reward` (rising), `reward_std` (not collapsing to 0),
+`kl` and `frac_reward_zero_std` instead; all are in metrics/grpo_history.csv and MLflow.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+
 from stages import cli
-from stages.unbuilt import fail
+from stages.params import load_params
+
+log = logging.getLogger("grpo")
+
+BASE_DIR = Path("models/base")
+SFT_DIR = Path("models/sft")
+OUT_DIR = Path("models/grpo")
+HISTORY_FILE = Path("metrics/grpo_history.csv")
+SUMMARY_FILE = Path("metrics/grpo_train.json")
+# When more than this share of groups has identical rewards, most prompts teach nothing.
+ZERO_STD_WARNING = 0.5
+
+
+def prompt_rows(records: list[dict]) -> list[dict]:
+    """GRPO rows: `prompt` (chat up to the last patient turn), `reference` and `question` columns."""
+    from stages.conversations import question_of
+    from stages.generation import prompt_messages
+
+    return [{"prompt": prompt_messages(r["messages"]), "reference": r["messages"][-1]["content"],
+             "question": question_of(r["messages"])} for r in records]
+
+
+def history_columns(component_names: list[str]) -> tuple[str, ...]:
+    return ("step", "reward", "reward_std", "kl", "completion_length", "frac_reward_zero_std", "loss",
+            "grad_norm", "clip_ratio", *(f"reward_{name}" for name in component_names))
 
 
 def main() -> None:
-    fail("grpo", "GRPO training with TRL GRPOTrainer and the reward library (stages/rewards.py)")
+    params = load_params()
+    grpo = params.grpo
+
+    # ------------------------------------------------------------------ seed, data, rewards
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback, set_seed
+    from trl import GRPOConfig, GRPOTrainer
+
+    from stages.errors import UserError
+    from stages.modeling import load_model
+    from stages.rewards import reward_functions
+    from stages.tracking import flatten, start_run
+    from stages.training import (checkpoint_dir, fingerprint, last_checkpoint, lora_config, make_history_callback,
+                                 read_split, save_adapter, write_history, write_json)
+
+    if not (SFT_DIR / "adapter_config.json").is_file():
+        raise UserError(f"{SFT_DIR} has no adapter: run the sft stage first (`dvc repro sft`)")
+    set_seed(params.seed)
+    records = read_split(params.sft.sources, "train_small")
+    rewards, weights = reward_functions(grpo.rewards)
+    if not rewards:
+        raise UserError("grpo.rewards: every weight is 0, so there is nothing to optimise")
+    names = [f.__name__ for f in rewards]
+
+    # ------------------------------------------------------------------ tokenizer, model
+    model, tokenizer = load_model(BASE_DIR, params.model, adapters=(SFT_DIR,))
+    dataset = Dataset.from_list(prompt_rows(records))
+    on_cuda = torch.cuda.is_available()
+    run_key = fingerprint(params.seed, params.model, params.lora, grpo, records)
+
+    # ------------------------------------------------------------------ trainer
+    config = GRPOConfig(
+        output_dir=str(checkpoint_dir("grpo", run_key)),
+        learning_rate=grpo.lr,
+        num_train_epochs=grpo.epochs,
+        max_steps=grpo.max_steps,
+        per_device_train_batch_size=grpo.batch_size,
+        num_generations=grpo.num_generations,
+        max_completion_length=grpo.max_completion_length,
+        temperature=grpo.temperature,
+        beta=grpo.beta,
+        reward_weights=weights,
+        bf16=on_cuda,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=grpo.save_steps,
+        save_total_limit=2,
+        seed=params.seed,
+        data_seed=params.seed,
+        report_to="none",
+        disable_tqdm=False,
+    )
+    lora = lora_config(params.lora)
+
+    class ZeroSpreadWarning(TrainerCallback):
+        warned = False
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            share = (logs or {}).get("frac_reward_zero_std")
+            if share is not None and share > ZERO_STD_WARNING and not self.warned:
+                self.warned = True
+                log.warning("%.0f%% of prompt groups got identical rewards at step %d: no learning signal there. "
+                            "Raise grpo.num_generations or grpo.temperature, or weight finer-grained rewards "
+                            "(grpo.rewards.similarity, .length)", 100 * share, state.global_step)
+
+    with start_run("grpo", params.mlflow.experiment) as run:
+        run.log_params({**flatten("", params), "prompts": len(dataset)})
+        trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
+                              processing_class=tokenizer, peft_config=lora,
+                              callbacks=[make_history_callback(run), ZeroSpreadWarning()])
+        log.info("GRPO on %d prompts, %d completions each, rewards %s (weights %s), %s", len(dataset),
+                 grpo.num_generations, names, weights, "CUDA" if on_cuda else "CPU")
+
+        # -------------------------------------------------------------- train (resume)
+        started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=last_checkpoint(Path(config.output_dir), grpo.resume))
+        runtime = time.perf_counter() - started
+
+        # -------------------------------------------------------------- save (main process only)
+        if trainer.is_world_process_zero():
+            rename = {"completions/mean_length": "completion_length", "clip_ratio/region_mean": "clip_ratio",
+                      **{f"rewards/{n}/mean": f"reward_{n}" for n in names}}
+            columns = history_columns(names)
+            steps = [e for e in trainer.state.log_history if "reward" in e]
+            summary = {"steps": trainer.state.global_step, "train_runtime_s": runtime,
+                       "seconds_per_step": runtime / max(trainer.state.global_step, 1),
+                       **_quarters(steps, "reward"),
+                       **{f"reward_{n}": _last_quarter_mean(steps, f"rewards/{n}/mean") for n in names}}
+            save_adapter(trainer.model, tokenizer, OUT_DIR, BASE_DIR, (SFT_DIR,), stage="grpo", run_key=run_key)
+            write_history(HISTORY_FILE, trainer.state.log_history, columns, rename)
+            write_json(SUMMARY_FILE, summary)
+            run.log_metrics({f"final_{k}": v for k, v in summary.items()})
+            if params.mlflow.log_models:
+                run.log_artifacts(OUT_DIR, "adapter")
+            log.info("mean reward %.3f (first quarter) -> %.3f (last quarter) in %d steps (%.0f s); adapter in %s",
+                     summary["reward_first_quarter"], summary["reward_last_quarter"], summary["steps"], runtime, OUT_DIR)
+
+
+def _quarters(entries: list[dict], key: str) -> dict[str, float]:
+    if not entries:
+        return {f"{key}_first_quarter": 0.0, f"{key}_last_quarter": 0.0}
+    quarter = max(len(entries) // 4, 1)
+    return {f"{key}_first_quarter": statistics.fmean(e[key] for e in entries[:quarter]),
+            f"{key}_last_quarter": statistics.fmean(e[key] for e in entries[-quarter:])}
+
+
+def _last_quarter_mean(entries: list[dict], key: str) -> float:
+    if not entries:
+        return 0.0
+    quarter = max(len(entries) // 4, 1)
+    return statistics.fmean(e[key] for e in entries[-quarter:])
 
 
 if __name__ == "__main__":

@@ -166,6 +166,26 @@ class SftParams:
 
 
 @dataclass(frozen=True)
+class RewardParams:
+    """Weights of the GRPO reward components (0 = off) and the length reward's target range."""
+
+    similarity: float = 1.0
+    embedding: float = 0.0
+    length: float = 0.5
+    coherence: float = 0.5
+    quality: float = 0.5
+    safety: float = 1.0
+    length_min_ratio: float = 0.5
+    length_max_ratio: float = 1.5
+
+    def validate(self, key: str) -> None:
+        for name in ("similarity", "embedding", "length", "coherence", "quality", "safety"):
+            _require(getattr(self, name) >= 0, f"{key}.{name}", "weights must be >= 0", getattr(self, name))
+        _require(0 < self.length_min_ratio <= self.length_max_ratio, f"{key}.length_min_ratio",
+                 "must be > 0 and <= length_max_ratio", self.length_min_ratio)
+
+
+@dataclass(frozen=True)
 class GrpoParams:
     lr: float = 1e-5
     epochs: float = 1
@@ -174,8 +194,15 @@ class GrpoParams:
     max_completion_length: int = 64
     beta: float = 0.04
     temperature: float = 0.9
+    max_steps: int = -1
+    save_steps: int = 10
+    resume: Literal["auto", "never"] = "auto"
+    rewards: RewardParams = field(default_factory=RewardParams)
 
     def validate(self, key: str) -> None:
+        _require(self.max_steps == -1 or self.max_steps >= 1, f"{key}.max_steps", "must be -1 (epochs decide) or >= 1",
+                 self.max_steps)
+        _require(self.save_steps >= 1, f"{key}.save_steps", "must be >= 1", self.save_steps)
         _require(self.lr > 0, f"{key}.lr", "must be > 0", self.lr)
         _require(self.epochs > 0, f"{key}.epochs", "must be > 0", self.epochs)
         _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)

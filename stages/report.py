@@ -27,7 +27,7 @@ def markdown(results: dict[str, dict], predictions: dict[str, list[dict]]) -> st
              "Scores on the same seeded test conversations (see stages/scoring.py for definitions).", "",
              "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for metric in REPORT_METRICS:
-        lines.append(f"| {metric} | " + " | ".join(f"{results[m][metric]:.4f}" for m in models) + " |")
+        lines.append(f"| {metric} | " + " | ".join(_number(metric, results[m][metric]) for m in models) + " |")
     counts = {results[m]["num_samples"] for m in models}
     if len(counts) > 1:
         lines += ["", "**Note:** the models were scored on different numbers of conversations "
@@ -47,6 +47,12 @@ def read_results(metrics_dir: Path, name: str) -> tuple[dict, list[dict]]:
     metrics = json.loads((metrics_dir / f"{name}.json").read_text())
     rows = [json.loads(line) for line in (metrics_dir / f"{name}_predictions.jsonl").read_text().splitlines()]
     return metrics, rows
+
+
+def _number(metric: str, value: float) -> str:
+    if metric == "num_samples":
+        return f"{value:.0f}"
+    return f"{value:.1f}" if metric.startswith("answer_words") else f"{value:.4f}"
 
 
 def _excerpt(text: str) -> str:

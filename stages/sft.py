@@ -49,14 +49,13 @@ def main() -> None:
 
     # ------------------------------------------------------------------ seed, data
     import torch
-    from peft import LoraConfig
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
     from stages.modeling import load_model
     from stages.tracking import flatten, start_run
-    from stages.training import (checkpoint_dir, fingerprint, last_checkpoint, make_history_callback, read_split,
-                                 save_adapter, write_history, write_json)
+    from stages.training import (checkpoint_dir, fingerprint, last_checkpoint, lora_config, make_history_callback,
+                                 read_split, save_adapter, write_history, write_json)
 
     set_seed(params.seed)
     train_records = read_split(sft.sources, "train")
@@ -96,12 +95,10 @@ def main() -> None:
         seed=params.seed,
         data_seed=params.seed,
         report_to="none",  # MLflow is logged by stages.tracking, with our tags and failure handling
-        include_num_input_tokens_seen=True,
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    lora = LoraConfig(r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
-                      target_modules=list(params.lora.target_modules), task_type="CAUSAL_LM")
+    lora = lora_config(params.lora)
 
     with start_run("sft", params.mlflow.experiment) as run:
         run.log_params({**flatten("", params), "train_examples": len(train_set), "val_examples": len(val_set),
@@ -123,7 +120,8 @@ def main() -> None:
 
         # -------------------------------------------------------------- save (main process only)
         if trainer.is_world_process_zero():
-            tokens = trainer.state.num_input_tokens_seen
+            # TRL's num_tokens counts real tokens; the Trainer's num_input_tokens_seen includes padding
+            tokens = max((e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e), default=0)
             summary = {"train_loss": result.training_loss, "eval_loss": eval_end, "eval_loss_start": eval_start,
                        "steps": trainer.state.global_step, "epochs": trainer.state.epoch or 0.0,
                        "tokens_seen": tokens, "train_runtime_s": runtime, "tokens_per_s": tokens / runtime}

@@ -18,6 +18,7 @@ from typing import Any
 from stages.errors import UserError
 from stages.evaluation import PROCESSED_DIR
 from stages.modeling import write_lineage
+from stages.params import LoraParams
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,14 @@ def write_history(path: Path, log_history: list[dict], columns: tuple[str, ...],
         writer.writeheader()
         for step in sorted(rows):
             writer.writerow({k: _fmt(rows[step].get(k)) for k in columns})
+
+
+def lora_config(lora: LoraParams):
+    """PEFT's LoraConfig from `lora.*`; TRL applies it through `peft_config=`."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
 
 def save_adapter(model, tokenizer, out_dir: Path, base_dir: Path, parents: tuple[Path, ...], **details) -> None:

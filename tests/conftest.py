@@ -115,8 +115,15 @@ def tiny_project(project, tiny_model_dir) -> Path:
     return project
 
 
-def mlflow_runs(project: Path):
-    import mlflow
+def mlflow_client(project: Path):
+    """A client on the project's store. (Not `mlflow.set_tracking_uri`: it exports
+    MLFLOW_TRACKING_URI, which later stage subprocesses would inherit.)"""
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    return mlflow.search_runs(experiment_names=["meddialog"], output_format="list")
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def mlflow_runs(project: Path):
+    client = mlflow_client(project)
+    experiment = client.get_experiment_by_name("meddialog")
+    return client.search_runs([experiment.experiment_id]) if experiment else []

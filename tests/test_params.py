@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 
@@ -27,7 +28,7 @@ def test_dvc_written_exponent_float_is_a_float(tmp_path):
     # `dvc exp run -S sft.lr=1e-5` writes `lr: 1e-05`; YAML 1.1 (PyYAML) would read a string.
     write_params(tmp_path)
     text = (tmp_path / "params.yaml").read_text()
-    text = text.replace("lr: 2.0e-4", "lr: 1e-05", 1)
+    text = re.sub(r"^(sft:\n(?:  .*\n)*?  lr: )\S+", r"\g<1>1e-05", text, count=1, flags=re.M)
     assert "lr: 1e-05" in text
     (tmp_path / "params.yaml").write_text(text)
     params = load_params(tmp_path / "params.yaml")

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from stages.chat_data import tokenize_conversation
-from tests.conftest import REPO, mlflow_runs, run_stage, write_params
+from tests.conftest import REPO, mlflow_client, mlflow_runs, run_stage, write_params
 
 TWO_TURNS = [
     {"role": "system", "content": "You are a careful medical assistant."},
@@ -85,9 +85,7 @@ def test_sft_stage_writes_adapter_history_summary_and_mlflow_run(tiny_project):
     (run,) = mlflow_runs(tiny_project)
     assert run.data.tags["stage"] == "sft" and run.data.tags["dvc_exp_name"] == "sft-test"
     assert run.data.params["sft.max_steps"] == "4" and run.data.params["effective_batch_size"] == "2"
-    import mlflow
-
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    history = mlflow_client(tiny_project).get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
     # the evaluator rebuilds base + adapter from lineage.json
     evaluated = run_stage("evaluate", tiny_project, "--model-path", "models/sft", "--test-data",
