@@ -66,7 +66,7 @@ def main() -> None:
     from stages.modeling import load_model
     from stages.rewards import reward_functions
     from stages.tracking import flatten, start_run
-    from stages.training import (checkpoint_dir, fingerprint, last_checkpoint, lora_config, make_history_callback,
+    from stages.training import (common_trainer_args, fingerprint, last_checkpoint, lora_config, make_history_callback,
                                  read_split, save_adapter, write_history, write_json)
 
     if not (SFT_DIR / "adapter_config.json").is_file():
@@ -86,7 +86,7 @@ def main() -> None:
 
     # ------------------------------------------------------------------ trainer
     config = GRPOConfig(
-        output_dir=str(checkpoint_dir("grpo", run_key)),
+        **common_trainer_args("grpo", run_key, params.seed, grpo.save_steps),
         learning_rate=grpo.lr,
         num_train_epochs=grpo.epochs,
         max_steps=grpo.max_steps,
@@ -96,15 +96,6 @@ def main() -> None:
         temperature=grpo.temperature,
         beta=grpo.beta,
         reward_weights=weights,
-        bf16=on_cuda,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=grpo.save_steps,
-        save_total_limit=2,
-        seed=params.seed,
-        data_seed=params.seed,
-        report_to="none",
-        disable_tqdm=False,
     )
     lora = lora_config(params.lora)
 

@@ -54,7 +54,7 @@ def main() -> None:
 
     from stages.modeling import load_model
     from stages.tracking import flatten, start_run
-    from stages.training import (checkpoint_dir, fingerprint, last_checkpoint, lora_config, make_history_callback,
+    from stages.training import (common_trainer_args, fingerprint, last_checkpoint, lora_config, make_history_callback,
                                  read_split, save_adapter, write_history, write_json)
 
     set_seed(params.seed)
@@ -73,7 +73,7 @@ def main() -> None:
 
     # ------------------------------------------------------------------ trainer
     config = SFTConfig(
-        output_dir=str(checkpoint_dir("sft", run_key)),
+        **common_trainer_args("sft", run_key, params.seed, sft.save_steps),
         num_train_epochs=sft.epochs,
         max_steps=sft.max_steps,
         per_device_train_batch_size=sft.batch_size,
@@ -85,18 +85,9 @@ def main() -> None:
         max_length=sft.max_length,
         packing=sft.packing,
         gradient_checkpointing=sft.gradient_checkpointing,
-        bf16=on_cuda,
-        logging_steps=1,
         eval_strategy="steps",
         eval_steps=sft.eval_steps,
-        save_strategy="steps",
-        save_steps=sft.save_steps,
-        save_total_limit=2,
-        seed=params.seed,
-        data_seed=params.seed,
-        report_to="none",  # MLflow is logged by stages.tracking, with our tags and failure handling
         dataloader_num_workers=0,
-        disable_tqdm=False,
     )
     lora = lora_config(params.lora)
 

@@ -45,6 +45,24 @@ def checkpoint_dir(stage: str, key: str) -> Path:
     return CHECKPOINT_ROOT / f"{stage}-{key}"
 
 
+def common_trainer_args(stage: str, run_key: str, seed: int, save_steps: int) -> dict[str, Any]:
+    """TrainingArguments both TRL trainers get the same way: checkpoints, seeds, logging, precision."""
+    import torch
+
+    return {
+        "output_dir": str(checkpoint_dir(stage, run_key)),
+        "bf16": torch.cuda.is_available(),  # float32 on CPU
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": save_steps,
+        "save_total_limit": 2,
+        "seed": seed,
+        "data_seed": seed,
+        "report_to": "none",  # MLflow is logged by stages.tracking, with our tags and failure handling
+        "disable_tqdm": False,
+    }
+
+
 def last_checkpoint(directory: Path, resume: str) -> str | None:
     """The newest complete checkpoint to resume from, or None to start fresh.
 
