@@ -17,11 +17,14 @@ import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from stages.conversations import DROP_REASONS, USER, Dropped, normalised, to_turns
+from stages.errors import UserError
 from stages.params import SplitParams
 
 SPLITS = ("train", "val", "test")
+PROCESSED_DIR = Path("data/processed")
 
 
 @dataclass
@@ -111,6 +114,17 @@ def seeded_subset(records: list[dict], size: int, seed: int) -> list[dict]:
         return list(records)
     chosen = set(random.Random(seed).sample(range(len(records)), size))
     return [r for i, r in enumerate(records) if i in chosen]
+
+
+def read_split(sources: list[str], split: str) -> list[dict]:
+    """Processed records of `split` (train, val, test or train_small) for each source, in file order."""
+    records = []
+    for source in sources:
+        path = PROCESSED_DIR / source / f"{split}.jsonl"
+        if not path.is_file():
+            raise UserError(f"{path} not found: run the process stage first (`dvc repro process`)")
+        records.extend(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+    return records
 
 
 def _question_groups(records: list[dict]) -> dict[str, list[dict]]:

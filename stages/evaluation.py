@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from stages.conversations import Dropped, to_turns
+from stages.dataset import read_split
 from stages.errors import UserError
 from stages.generation import generate, prompt_messages
 from stages.modeling import load_model, model_chain
@@ -21,19 +22,12 @@ from stages.tracking import flatten, start_run
 
 log = logging.getLogger(__name__)
 
-PROCESSED_DIR = Path("data/processed")
 METRICS_DIR = Path("metrics")
 
 
 def test_conversations(sources: list[str]) -> list[dict]:
     """Every source's test split, in a stable order."""
-    records = []
-    for source in sources:
-        path = PROCESSED_DIR / source / "test.jsonl"
-        if not path.is_file():
-            raise UserError(f"{path} not found: run the process stage first (`dvc repro process`)")
-        records.extend(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
-    return sorted(records, key=lambda r: r["id"])
+    return sorted(read_split(sources, "test"), key=lambda r: r["id"])
 
 
 def read_conversations(path: Path, system_prompt: str) -> list[dict]:

@@ -66,8 +66,9 @@ def main() -> None:
     from stages.modeling import load_model
     from stages.rewards import reward_functions
     from stages.tracking import flatten, start_run
-    from stages.training import (common_trainer_args, fingerprint, last_checkpoint, lora_config, make_history_callback,
-                                 read_split, save_adapter, write_history, write_json)
+    from stages.dataset import read_split
+    from stages.training import (common_trainer_args, fingerprint, last_checkpoint, lora_config, mlflow_callback,
+                                 save_adapter, write_history, write_json)
 
     if not (SFT_DIR / "adapter_config.json").is_file():
         raise UserError(f"{SFT_DIR} has no adapter: run the sft stage first (`dvc repro sft`)")
@@ -114,7 +115,7 @@ def main() -> None:
         run.log_params({**flatten("", params), "prompts": len(dataset)})
         trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                               processing_class=tokenizer, peft_config=lora,
-                              callbacks=[make_history_callback(run), ZeroSpreadWarning()])
+                              callbacks=[mlflow_callback(run), ZeroSpreadWarning()])
         log.info("GRPO on %d prompts, %d completions each, rewards %s (weights %s), %s", len(dataset),
                  grpo.num_generations, names, weights, "CUDA" if on_cuda else "CPU")
 

@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 
 from stages import cli
-from stages.dataset import SPLITS, SourceReport, drop_duplicates, parse_records, seeded_subset, split_records
+from stages.dataset import (PROCESSED_DIR, SPLITS, SourceReport, drop_duplicates, parse_records, seeded_subset,
+                            split_records)
 from stages.errors import UserError
 from stages.params import load_params
 from stages.verl_data import write_verl_parquet
@@ -23,7 +24,6 @@ from stages.verl_data import write_verl_parquet
 log = logging.getLogger("process")
 
 RAW_DIR = Path("data/raw")
-PROCESSED_DIR = Path("data/processed")
 VERL_DIR = Path("data/verl")
 METRICS_FILE = Path("metrics/data.json")
 

@@ -54,8 +54,9 @@ def main() -> None:
 
     from stages.modeling import load_model
     from stages.tracking import flatten, start_run
-    from stages.training import (common_trainer_args, fingerprint, last_checkpoint, lora_config, make_history_callback,
-                                 read_split, save_adapter, write_history, write_json)
+    from stages.dataset import read_split
+    from stages.training import (common_trainer_args, fingerprint, last_checkpoint, lora_config, mlflow_callback,
+                                 save_adapter, write_history, write_json)
 
     set_seed(params.seed)
     train_records = read_split(sft.sources, "train")
@@ -94,9 +95,9 @@ def main() -> None:
     with start_run("sft", params.mlflow.experiment) as run:
         run.log_params({**flatten("", params), "train_examples": len(train_set), "val_examples": len(val_set),
                         "effective_batch_size": sft.batch_size * sft.grad_accum * config.world_size})
-        history = make_history_callback(run)
+        tracker = mlflow_callback(run)
         trainer = SFTTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=val_set,
-                             processing_class=tokenizer, peft_config=lora, callbacks=[history])
+                             processing_class=tokenizer, peft_config=lora, callbacks=[tracker])
         log.info("training on %d examples (%d validation), effective batch %d, %s",
                  len(train_set), len(val_set), sft.batch_size * sft.grad_accum * config.world_size,
                  "CUDA" if on_cuda else "CPU")

@@ -1,4 +1,4 @@
-"""What the sft and grpo stages share: data loading, fingerprints, checkpoints, history, outputs.
+"""What the sft and grpo stages share: fingerprints, checkpoints, history, outputs.
 
 Checkpoints live in scratch/checkpoints/<stage>-<fingerprint>/, outside DVC's outputs, so a run
 killed half-way resumes from its last checkpoint when rerun (`<stage>.resume: auto`). The
@@ -15,24 +15,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from stages.errors import UserError
-from stages.evaluation import PROCESSED_DIR
 from stages.modeling import write_lineage
 from stages.params import LoraParams
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_ROOT = Path("scratch/checkpoints")
-
-
-def read_split(sources: list[str], split: str) -> list[dict]:
-    records = []
-    for source in sources:
-        path = PROCESSED_DIR / source / f"{split}.jsonl"
-        if not path.is_file():
-            raise UserError(f"{path} not found: run the process stage first (`dvc repro process`)")
-        records.extend(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
-    return records
 
 
 def fingerprint(*parts: Any) -> str:
@@ -81,7 +69,7 @@ def last_checkpoint(directory: Path, resume: str) -> str | None:
     return None
 
 
-def make_history_callback(run):
+def mlflow_callback(run):
     """A TrainerCallback that sends every numeric log value to MLflow as it happens."""
     from transformers import TrainerCallback
 
