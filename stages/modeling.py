@@ -113,13 +113,22 @@ def runtime_settings(model: ModelParams) -> dict:
         if model.load_in_4bit is True:
             log.warning("model.load_in_4bit is true but CUDA is not available: loading float32 on CPU")
         return {"dtype": torch.float32}
-    settings = {"dtype": torch.bfloat16, "device_map": {"": torch.cuda.current_device()}}
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    settings = {"dtype": torch.bfloat16}
+    # DeepSpeed ZeRO-3 places (partitions) the weights itself while loading and refuses a device_map;
+    # everything else loads onto this process's GPU (set by the trainer arguments under torchrun/accelerate).
+    if not is_deepspeed_zero3_enabled():
+        settings["device_map"] = {"": torch.cuda.current_device()}
     if model.load_in_4bit in ("auto", True) and importlib.util.find_spec("bitsandbytes") is not None:
         from transformers import BitsAndBytesConfig
 
         settings["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
+            # the same packed bits in a bfloat16 container: FSDP and ZeRO-3 can only shard 4-bit weights
+            # stored in the dtype of the rest of the model
+            bnb_4bit_quant_storage=torch.bfloat16,
         )
     elif model.load_in_4bit is True:
         raise UserError("model.load_in_4bit is true but bitsandbytes is not installed (`pip install bitsandbytes`)")

@@ -1,6 +1,6 @@
 """Stage 4 (tutorial step 4): supervised fine-tuning with TRL's SFTTrainer and a LoRA adapter.
 
-    python -m stages.sft                                  # what `dvc repro sft` runs
+    python -m stages.sft                                  # one process; `dvc repro sft` runs it via stages.launch
     dvc exp run -S sft.lr=1e-4 -S sft.epochs=2           # an experiment
     dvc exp run -S model.name=Qwen/Qwen2.5-3B-Instruct -S sft.epochs=3 -S sft.batch_size=4 \\
         -S sft.max_steps=-1 -S sft.max_samples=0         # the tutorial's GPU recipe (4-bit QLoRA on CUDA)
@@ -55,8 +55,8 @@ def main() -> None:
     from stages.modeling import load_model
     from stages.tracking import flatten, start_run
     from stages.dataset import read_split
-    from stages.training import (common_trainer_args, fingerprint, last_checkpoint, lora_config, mlflow_callback,
-                                 save_adapter, write_history, write_json)
+    from stages.training import (common_trainer_args, effective_batch_size, fingerprint, last_checkpoint, lora_config,
+                                 mlflow_callback, save_adapter, write_history, write_json)
 
     set_seed(params.seed)
     train_records = read_split(sft.sources, "train")
@@ -65,14 +65,12 @@ def main() -> None:
     val_records = read_split(sft.sources, "val")
     val_records = random.Random(params.seed).sample(val_records, min(sft.eval_samples, len(val_records)))
 
-    # ------------------------------------------------------------------ tokenizer, model
-    model, tokenizer = load_model(BASE_DIR, params.model)
-    train_set = build_dataset(tokenizer, train_records, sft.max_length)
-    val_set = build_dataset(tokenizer, val_records, sft.max_length)
-    on_cuda = torch.cuda.is_available()
-    run_key = fingerprint(params.seed, params.model, params.lora, sft, train_records, val_records)
+    # A checkpoint is resumed only by the same params, data and launch (ZeRO / FSDP checkpoints differ in form).
+    run_key = fingerprint(params.seed, params.model, params.lora, sft, params.train, train_records, val_records)
 
-    # ------------------------------------------------------------------ trainer
+    # ------------------------------------------------------------------ trainer arguments
+    # Built before the model: under torchrun / accelerate this joins the process group and selects this
+    # process's GPU, which load_model then places the model on (otherwise every process would use GPU 0).
     config = SFTConfig(
         **common_trainer_args("sft", run_key, params.seed, sft.save_steps),
         num_train_epochs=sft.epochs,
@@ -91,16 +89,22 @@ def main() -> None:
         dataloader_num_workers=0,
     )
     lora = lora_config(params.lora)
+    batch = effective_batch_size(config)
+
+    # ------------------------------------------------------------------ tokenizer, model
+    model, tokenizer = load_model(BASE_DIR, params.model)
+    train_set = build_dataset(tokenizer, train_records, sft.max_length)
+    val_set = build_dataset(tokenizer, val_records, sft.max_length)
+    on_cuda = torch.cuda.is_available()
 
     with start_run("sft", params.mlflow.experiment) as run:
         run.log_params({**flatten("", params), "train_examples": len(train_set), "val_examples": len(val_set),
-                        "effective_batch_size": sft.batch_size * sft.grad_accum * config.world_size})
+                        "effective_batch_size": batch})
         tracker = mlflow_callback(run)
         trainer = SFTTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=val_set,
                              processing_class=tokenizer, peft_config=lora, callbacks=[tracker])
-        log.info("training on %d examples (%d validation), effective batch %d, %s",
-                 len(train_set), len(val_set), sft.batch_size * sft.grad_accum * config.world_size,
-                 "CUDA" if on_cuda else "CPU")
+        log.info("training on %d examples (%d validation), effective batch %d (%d process(es)), %s",
+                 len(train_set), len(val_set), batch, config.world_size, "CUDA" if on_cuda else "CPU")
 
         # -------------------------------------------------------------- train (resume)
         resume_from = last_checkpoint(Path(config.output_dir), sft.resume)
@@ -110,15 +114,16 @@ def main() -> None:
         runtime = time.perf_counter() - started
         eval_end = trainer.evaluate()["eval_loss"]
 
-        # -------------------------------------------------------------- save (main process only)
+        # -------------------------------------------------------------- save (main process writes)
+        save_adapter(trainer, OUT_DIR, BASE_DIR, (), stage="sft", run_key=run_key, train_examples=len(train_set))
         if trainer.is_world_process_zero():
-            # TRL's num_tokens counts real tokens; the Trainer's num_input_tokens_seen includes padding
+            # TRL's num_tokens counts real tokens (of all processes); the Trainer's num_input_tokens_seen
+            # includes padding
             tokens = max((e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e), default=0)
             summary = {"train_loss": result.training_loss, "eval_loss": eval_end, "eval_loss_start": eval_start,
                        "steps": trainer.state.global_step, "epochs": trainer.state.epoch or 0.0,
-                       "tokens_seen": tokens, "train_runtime_s": runtime, "tokens_per_s": tokens / runtime}
-            save_adapter(trainer.model, tokenizer, OUT_DIR, BASE_DIR, (), stage="sft", run_key=run_key,
-                         train_examples=len(train_set))
+                       "tokens_seen": tokens, "train_runtime_s": runtime, "tokens_per_s": tokens / runtime,
+                       "effective_batch_size": batch, "processes": config.world_size}
             # train() starts a fresh log history, so the pre-training eval is added back as step 0
             write_history(HISTORY_FILE, [{"step": 0, "epoch": 0.0, "eval_loss": eval_start}, *trainer.state.log_history],
                           HISTORY_COLUMNS)

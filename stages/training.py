@@ -47,6 +47,10 @@ def common_trainer_args(stage: str, run_key: str, seed: int, save_steps: int) ->
         "seed": seed,
         "data_seed": seed,
         "report_to": "none",  # MLflow is logged by stages.tracking, with our tags and failure handling
+        # Under DDP (stages.launch) every LoRA weight takes part in every step. The Trainer's default for a
+        # PEFT model (True) searches the graph for unused ones after each backward pass, which costs time
+        # and breaks gradient checkpointing.
+        "ddp_find_unused_parameters": False,
         "disable_tqdm": False,
     }
 
@@ -108,15 +112,27 @@ def lora_config(lora: LoraParams):
                       target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
 
-def save_adapter(model, tokenizer, out_dir: Path, base_dir: Path, parents: tuple[Path, ...], **details) -> None:
-    """Adapter weights (safetensors) + tokenizer + lineage.json into a fresh `out_dir`."""
+def effective_batch_size(config) -> int:
+    """Examples (GRPO: completions) per optimizer step over all processes: batch × accumulation × processes."""
+    return config.per_device_train_batch_size * config.gradient_accumulation_steps * config.world_size
+
+
+def save_adapter(trainer, out_dir: Path, base_dir: Path, parents: tuple[Path, ...], **details) -> None:
+    """Adapter weights (safetensors) + tokenizer + lineage.json into a fresh `out_dir`.
+
+    Every process must call it: under ZeRO-3 or FSDP each holds a shard of the adapter, and
+    `save_model` gathers them. Only the main process writes.
+    """
     import shutil
 
-    if out_dir.exists():
+    main = trainer.is_world_process_zero()
+    if main and out_dir.exists():
         shutil.rmtree(out_dir)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    write_lineage(out_dir, base_dir, parents, **details)
+    trainer.save_model(str(out_dir))  # the adapter and the trainer's tokenizer
+    if main:
+        # the Trainer also pickles its arguments there; nothing reads them, and adapters carry no pickles
+        (out_dir / "training_args.bin").unlink(missing_ok=True)
+        write_lineage(out_dir, base_dir, parents, **details)
 
 
 def write_json(path: Path, values: dict[str, float]) -> None:

@@ -53,12 +53,32 @@ def test_integer_accepted_where_a_float_is_expected(tmp_path):
     ({"model.load_in_4bit": "yes"}, "model.load_in_4bit: must be one of 'auto', True, False"),
     ({"sft.sources": ["nope"]}, "sft.sources: names no source in data.sources"),
     ({"eval.num_samples": -1}, "eval.num_samples: must be >= 1"),
+    ({"train.launcher": "torch"},
+     "train.launcher: must be one of 'python', 'torchrun', 'accelerate', got 'torch'; did you mean 'torchrun'?"),
+    ({"train.nprocs_per_node": 2}, "train.nprocs_per_node: unknown key; did you mean 'train.nproc_per_node'?"),
+    ({"train.nproc_per_node": "four"}, "train.nproc_per_node: must be an integer or 'auto', got str 'four'"),
+    ({"train.nproc_per_node": 0}, "train.nproc_per_node: must be >= 1 or 'auto'"),
+    ({"train.nproc_per_node": 2}, "train.nproc_per_node: more than one process needs train.launcher torchrun"),
 ])
 def test_bad_values_name_the_key(tmp_path, override, message):
     write_params(tmp_path, **override)
     with pytest.raises(ParamsError) as err:
         load_params(tmp_path / "params.yaml")
     assert message in str(err.value)
+
+
+def test_train_section_takes_a_process_count_or_auto(tmp_path):
+    assert load_params(REPO / "params.yaml").train.nproc_per_node == "auto"
+    write_params(tmp_path, **{"train.launcher": "torchrun", "train.nproc_per_node": 2})
+    assert load_params(tmp_path / "params.yaml").train.nproc_per_node == 2
+
+
+def test_params_without_a_train_section_run_as_one_process(tmp_path):
+    write_params(tmp_path)
+    text = re.sub(r"^train:.*\n(?:[ #].*\n)*", "", (tmp_path / "params.yaml").read_text(), flags=re.M)
+    assert "nproc_per_node" not in text
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").train.launcher == "python"
 
 
 def test_missing_section_is_reported(tmp_path):
