@@ -4,7 +4,8 @@
 
 Evaluates models/sft and models/grpo (adapter chains on models/base) on `eval.num_samples`
 test conversations, selected exactly as the baseline stage selects them, and writes
-metrics/{sft,grpo}.json with predictions beside them, metrics/comparison.json and
+metrics/{sft,grpo}.json with predictions beside them, metrics/comparison.json,
+metrics/comparison_plot.csv (the data of the bar chart in `dvc plots show`) and
 metrics/report.md (a table base vs sft vs grpo and three side-by-side examples).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from stages import cli
 from stages.errors import UserError
 from stages.evaluation import METRICS_DIR, evaluate_model, select, test_conversations
 from stages.params import load_params
-from stages.report import comparison, markdown, read_results
+from stages.report import comparison, comparison_plot_csv, markdown, read_results
 from stages.scoring import Embedder
 
 log = logging.getLogger("eval")
@@ -40,8 +41,9 @@ def main() -> None:
     for name in ("baseline", *TRAINED):
         results[name], predictions[name] = read_results(METRICS_DIR, name)
     (METRICS_DIR / "comparison.json").write_text(json.dumps(comparison(results), indent=2, sort_keys=True) + "\n")
+    (METRICS_DIR / "comparison_plot.csv").write_text(comparison_plot_csv(results))
     (METRICS_DIR / "report.md").write_text(markdown(results, predictions), encoding="utf-8")
-    log.info("wrote metrics/comparison.json and metrics/report.md")
+    log.info("wrote metrics/comparison.json, metrics/comparison_plot.csv and metrics/report.md")
 
 
 if __name__ == "__main__":

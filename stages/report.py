@@ -1,11 +1,15 @@
-"""metrics/comparison.json and metrics/report.md: base vs sft vs grpo side by side."""
+"""metrics/comparison.json, comparison_plot.csv and report.md: base vs sft vs grpo side by side."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
 REPORT_METRICS = ("rougeL", "rouge1", "rouge2", "bleu", "sentence_bleu", "similarity",
                   "answer_words_mean", "repetition", "empty_rate", "num_samples")
+# The metrics of the bar chart in dvc.yaml (`plots:`), with the labels it shows.
+PLOT_METRICS = {"rougeL": "ROUGE-L", "bleu": "BLEU-4", "similarity": "similarity"}
 EXAMPLES = 3
 EXCERPT_CHARS = 600
 
@@ -19,6 +23,18 @@ def comparison(results: dict[str, dict]) -> dict[str, float]:
             if model != "baseline":
                 flat[f"{metric}.{model}_minus_baseline"] = round(metrics[metric] - results["baseline"][metric], 6)
     return flat
+
+
+def comparison_plot_csv(results: dict[str, dict]) -> str:
+    """One `model,metric,value` row per model and plotted metric: DVC plots read columns, not
+    the nested keys of comparison.json, and one tidy table lets one chart group by metric."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["model", "metric", "value"])
+    for metric, label in PLOT_METRICS.items():
+        for model, metrics in results.items():
+            writer.writerow([model, label, metrics[metric]])
+    return out.getvalue()
 
 
 def markdown(results: dict[str, dict], predictions: dict[str, list[dict]]) -> str:
