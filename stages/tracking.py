@@ -5,8 +5,11 @@ Store: `MLFLOW_TRACKING_URI` when set, else `sqlite:///<repo>/mlflow.db`, where 
 the repository, and resolving against DVC_ROOT keeps their runs in the main repository's store.
 Every run is tagged with the stage, the DVC experiment name (`DVC_EXP_NAME`) and the git commit.
 If the tracking server cannot be reached, the stage still finishes: it says so once and its
-results are in metrics/ regardless. Credentials stay in the environment (MLflow reads them
-itself); nothing here logs the environment or the tracking URI's userinfo.
+results are in metrics/ regardless: connecting gives up within seconds for a closed port (under a
+minute for a host that never answers) instead of after MLflow's 4 minutes of retries. A server
+lost mid-run gets MLflow's retries once, then tracking stops for the rest of the stage.
+Credentials stay in the environment (MLflow reads them itself); nothing here logs the
+environment or the tracking URI's userinfo.
 """
 from __future__ import annotations
 
@@ -60,6 +63,10 @@ class Run:
                         type(err).__name__, _first_line(err))
             self._mlflow = None
 
+    @property
+    def failed(self) -> bool:
+        return self._mlflow is None
+
     def log_params(self, params: dict[str, Any]) -> None:
         self._call("log_params", {k: _short(v) for k, v in params.items()})
 
@@ -73,15 +80,45 @@ class Run:
         self._call("log_artifacts", str(path), artifact_path=artifact_path)
 
 
+# MLflow's HTTP defaults (7 retries with exponential backoff, a 120 s timeout) ride out a
+# rate-limiting server, but hold a stage for about 4 minutes when the server is not there at all.
+# These limits apply instead where failing is the likely outcome: while connecting, and when ending
+# a run after a call has already failed. In between, MLflow's own policy applies; a variable the
+# user has set always wins.
+QUICK_FAILURE_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextlib.contextmanager
+def _quick_failure() -> Iterator[None]:
+    added = {name: value for name, value in QUICK_FAILURE_LIMITS.items() if name not in os.environ}
+    os.environ.update(added)  # this process only: MLflow reads them at each request
+    # urllib3 logs a warning for every retry; the one line that matters is "tracking skipped"
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    level = pool_log.level
+    pool_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pool_log.setLevel(level)
+        for name in added:
+            os.environ.pop(name, None)
+
+
 @contextlib.contextmanager
 def start_run(stage: str, experiment: str, run_name: str | None = None) -> Iterator[Run]:
     """Context manager yielding a `Run`; the run is ended (FINISHED or FAILED) on exit."""
+    # torchrun and accelerate give every process its global RANK: one training is one MLflow run,
+    # logged by rank 0; the other processes get the silent stand-in.
+    if os.environ.get("RANK", "0") != "0":
+        yield Run(None)
+        return
     try:
         import mlflow
 
         mlflow.set_tracking_uri(tracking_uri())
-        _use_experiment(mlflow, experiment)
-        mlflow.start_run(run_name=run_name or stage, tags=run_tags(stage))
+        with _quick_failure():
+            _use_experiment(mlflow, experiment)
+            mlflow.start_run(run_name=run_name or stage, tags=run_tags(stage))
     except Exception as err:  # noqa: BLE001 - an unreachable server must not stop the stage
         log.warning("MLflow tracking skipped (%s: %s); results are still written to metrics/",
                     type(err).__name__, _first_line(err))
@@ -93,7 +130,7 @@ def start_run(stage: str, experiment: str, run_name: str | None = None) -> Itera
         yield run
         status = "FINISHED"
     finally:
-        with contextlib.suppress(Exception):
+        with _quick_failure() if run.failed else contextlib.nullcontext(), contextlib.suppress(Exception):
             mlflow.end_run(status=status)
 
 
