@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +129,94 @@ def mlflow_runs(project: Path):
     client = mlflow_client(project)
     experiment = client.get_experiment_by_name("meddialog")
     return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+# --- git, DVC and servers, as a user runs them -----------------------------------------------------
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
+
+# The whole pipeline on the tiny random model: a few steps per training stage, a few test answers
+# (a constant learning rate: with warmup and decay, two steps would both run at lr 0).
+TINY_PIPELINE = {
+    "sft.scheduler": "constant", "sft.warmup_ratio": 0.0,
+    "baseline.num_samples": 4, "eval.num_samples": 4, "generation.max_new_tokens": 4, "generation.batch_size": 4,
+    "lora.r": 2, "lora.alpha": 4, "sft.max_steps": 2, "sft.batch_size": 2, "sft.max_samples": 8,
+    "sft.eval_samples": 2, "sft.eval_steps": 2, "sft.save_steps": 2, "sft.max_length": 128, "grpo.max_steps": 2,
+    "grpo.batch_size": 2, "grpo.num_generations": 2, "grpo.max_completion_length": 4, "grpo.save_steps": 2}
+
+
+def sh(*args, cwd):
+    """A command as a user types it, with this virtualenv's tools (dvc, python) first on PATH."""
+    env = {**os.environ, **GIT_ENV, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": ""}
+    return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def commit(repo: Path, message: str) -> None:
+    ok(sh("git", "add", "-A", cwd=repo))
+    ok(sh("git", "commit", "-qm", message, cwd=repo))
+
+
+def copy_checkout(dest: Path) -> Path:
+    """Tracked and not-ignored files of this checkout, committed in a new git repository at `dest`."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in listed:
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    ok(sh("git", "init", "-q", cwd=dest))
+    commit(dest, "scratch")
+    return dest
+
+
+@pytest.fixture
+def scratch_repo(tmp_path):
+    return copy_checkout(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """`<team>/meddialog`: a copy of this checkout where `dvc repro` ran the whole pipeline on the tiny
+    model, results committed. Shared by several tests: clone it (clone_with_cache) before changing it."""
+    work = tmp_path_factory.mktemp("team") / "meddialog"
+    work.mkdir()
+    copy_checkout(work)
+    write_params(work, **{"model.name": str(tiny_model_dir), **TINY_PIPELINE})
+    ok(sh("dvc", "repro", cwd=work))
+    commit(work, "results of the tiny run")
+    return work
+
+
+def clone_with_cache(repo: Path, name: str) -> Path:
+    """A git clone beside `repo` sharing its DVC cache, outputs checked out (as after `dvc pull`)."""
+    ok(sh("git", "clone", "-q", str(repo), name, cwd=repo.parent))
+    clone = repo.parent / name
+    ok(sh("dvc", "cache", "dir", "--local", str(repo / ".dvc" / "cache"), cwd=clone))
+    ok(sh("dvc", "checkout", "dvc.yaml", cwd=clone))
+    return clone
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a server started with start_new_session=True, its worker processes included."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -1,0 +1,100 @@
+"""The experiment workflow on the tiny pipeline, as a user types it: status after a param edit,
+`dvc exp run -S`, a queue of two, `dvc exp show` (the README's recipe) and `dvc metrics diff`."""
+import csv
+import io
+import json
+import re
+import time
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.conftest import clone_with_cache, mlflow_runs, ok, sh
+
+pytestmark = pytest.mark.slow
+
+SHOW_RECIPE = ["--drop", ".*", "--keep",
+               r"Experiment|Created|sft\.lr|grpo\.lr|metrics/(baseline|sft|grpo)\.json:(rougeL|bleu|similarity)"]
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def stale(repo) -> set[str]:
+    """Stages of the main pipeline `dvc status` reports (the optional verl stages report 'not run')."""
+    status = json.loads(ok(sh("dvc", "status", "--json", cwd=repo)).stdout)
+    return {name for name in status if not name.startswith("pipelines/verl/")}
+
+
+def set_param(repo, dotted: str, value) -> None:
+    yaml = YAML()
+    params = yaml.load((repo / "params.yaml").read_text())
+    *parents, leaf = dotted.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    with (repo / "params.yaml").open("w") as f:
+        yaml.dump(params, f)
+
+
+@pytest.fixture(scope="module")
+def lab(tiny_run):
+    """A clone of the tiny run, as after `dvc pull`; `dvc repro` rebuilds only models/base (never pushed)."""
+    clone = clone_with_cache(tiny_run, "lab")
+    assert ran(ok(sh("dvc", "repro", cwd=clone)).stdout) == {"base_model"}
+    return clone
+
+
+def test_status_names_exactly_the_stale_stages_and_a_noop_repro_runs_nothing(lab):
+    assert stale(lab) == set()
+    # status names the stages whose own inputs changed (their results then make the next ones stale)
+    set_param(lab, "grpo.beta", 0.1)
+    assert stale(lab) == {"grpo"}
+    set_param(lab, "sft.lr", 1e-3)
+    assert stale(lab) == {"sft", "grpo"}
+    ok(sh("git", "checkout", "params.yaml", cwd=lab))
+    assert stale(lab) == set()
+    noop = ok(sh("dvc", "repro", cwd=lab)).stdout
+    assert ran(noop) == set() and "Data and pipelines are up to date" in noop
+
+
+def test_exp_run_reruns_only_the_training_stages_and_metrics_diff_has_both_sides(lab):
+    run = ok(sh("dvc", "exp", "run", "-n", "lr-high", "-S", "sft.lr=1e-3", cwd=lab))
+    assert ran(run.stdout) == {"sft", "grpo", "eval"}
+    # a commit against the workspace (which now holds the experiment's results)
+    diff = json.loads(ok(sh("dvc", "metrics", "diff", "HEAD", "--all", "--json", cwd=lab)).stdout)
+    for model in ("baseline", "sft", "grpo"):
+        assert {"bleu", "rouge1", "rouge2", "rougeL", "similarity", "answer_words_mean"} <= set(diff[f"metrics/{model}.json"])
+    assert diff["metrics/sft_train.json"]["eval_loss"]["diff"] != 0  # another learning rate, another loss
+    assert diff["metrics/baseline.json"]["rougeL"]["diff"] == 0  # the baseline was not rerun
+    ok(sh("git", "checkout", "--", ".", cwd=lab))
+    ok(sh("dvc", "checkout", "dvc.yaml", cwd=lab))
+
+
+def test_queued_experiments_run_and_log_to_the_main_store(lab):
+    queued = ok(sh("dvc", "exp", "run", "--queue", "-S", "sft.lr=5e-5,2e-4", cwd=lab)).stdout
+    assert queued.count("Queued experiment") == 2, queued
+    ok(sh("dvc", "queue", "start", cwd=lab))
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", ok(sh("dvc", "queue", "status", cwd=lab)).stdout):
+        assert time.monotonic() < deadline, sh("dvc", "queue", "status", cwd=lab).stdout
+        time.sleep(3)
+    status = ok(sh("dvc", "queue", "status", cwd=lab)).stdout
+    assert status.count("Success") == 2, status + sh("dvc", "queue", "logs", "-e", cwd=lab).stdout
+
+    rows = list(csv.DictReader(io.StringIO(ok(sh("dvc", "exp", "show", "--csv", *SHOW_RECIPE, cwd=lab)).stdout)))
+    by_lr = {row["sft.lr"]: row for row in rows if row["Experiment"]}
+    assert {"5e-05", "0.0002"} <= set(by_lr), rows
+    assert all(float(by_lr[lr]["metrics/grpo.json:rougeL"]) >= 0 for lr in ("5e-05", "0.0002"))
+    assert set(rows[0]) == {"Experiment", "Created", "sft.lr", "grpo.lr"} | {
+        f"metrics/{m}.json:{k}" for m in ("baseline", "sft", "grpo") for k in ("rougeL", "bleu", "similarity")}
+
+    names = {by_lr[lr]["Experiment"] for lr in ("5e-05", "0.0002")}
+    # two experiments against each other
+    diff = json.loads(ok(sh("dvc", "metrics", "diff", *sorted(names), "--all", "--json", cwd=lab)).stdout)
+    assert "rougeL" in diff["metrics/grpo.json"] and "train_loss" in diff["metrics/sft_train.json"]
+    # they ran in temporary copies, yet their MLflow runs are in this repository's store, named
+    tagged = {(r.data.tags.get("dvc_exp_name"), r.data.tags.get("stage")) for r in mlflow_runs(lab)}
+    assert {(name, stage) for name in names for stage in ("sft", "grpo", "eval")} <= tagged
