@@ -25,8 +25,14 @@ def run_stage(name: str, cwd: Path, *args: str, env: dict | None = None) -> subp
 
 def write_params(project: Path, **overrides) -> None:
     """Copy params.yaml into `project`, applying dotted-key overrides like `dvc exp run -S`."""
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    set_params(project, **overrides)
+
+
+def set_params(project: Path, **overrides) -> None:
+    """Edit `project`/params.yaml in place: dotted-key overrides, like `dvc exp run -S`."""
     yaml = YAML()
-    params = yaml.load((REPO / "params.yaml").read_text())
+    params = yaml.load((project / "params.yaml").read_text())
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         node = params

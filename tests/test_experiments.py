@@ -7,9 +7,8 @@ import re
 import time
 
 import pytest
-from ruamel.yaml import YAML
 
-from tests.conftest import clone_with_cache, mlflow_runs, ok, sh
+from tests.conftest import clone_with_cache, mlflow_runs, ok, set_params, sh
 
 pytestmark = pytest.mark.slow
 
@@ -27,18 +26,6 @@ def stale(repo) -> set[str]:
     return {name for name in status if not name.startswith("pipelines/verl/")}
 
 
-def set_param(repo, dotted: str, value) -> None:
-    yaml = YAML()
-    params = yaml.load((repo / "params.yaml").read_text())
-    *parents, leaf = dotted.split(".")
-    node = params
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
-    with (repo / "params.yaml").open("w") as f:
-        yaml.dump(params, f)
-
-
 @pytest.fixture(scope="module")
 def lab(tiny_run):
     """A clone of the tiny run, as after `dvc pull`; `dvc repro` rebuilds only models/base (never pushed)."""
@@ -50,9 +37,9 @@ def lab(tiny_run):
 def test_status_names_exactly_the_stale_stages_and_a_noop_repro_runs_nothing(lab):
     assert stale(lab) == set()
     # status names the stages whose own inputs changed (their results then make the next ones stale)
-    set_param(lab, "grpo.beta", 0.1)
+    set_params(lab, **{"grpo.beta": 0.1})
     assert stale(lab) == {"grpo"}
-    set_param(lab, "sft.lr", 1e-3)
+    set_params(lab, **{"sft.lr": 1e-3})
     assert stale(lab) == {"sft", "grpo"}
     ok(sh("git", "checkout", "params.yaml", cwd=lab))
     assert stale(lab) == set()
