@@ -137,8 +137,11 @@ def main() -> None:
                       **{f"rewards/{n}/mean": f"reward_{n}" for n in names}}
             columns = history_columns(COMPONENTS)  # every component, blank when off: stable plot columns
             steps = [e for e in trainer.state.log_history if "reward" in e]
+            # each step's mean completion length × completions per step (all processes)
+            generated = batch * sum(e.get("completions/mean_length", 0.0) for e in steps)
             summary = {"steps": trainer.state.global_step, "train_runtime_s": runtime,
                        "seconds_per_step": runtime / max(trainer.state.global_step, 1),
+                       "generated_tokens": generated, "generated_tokens_per_s": generated / runtime,
                        "effective_batch_size": batch, "processes": config.world_size,
                        **_quarters(steps, "reward"),
                        **{f"reward_{n}": _last_quarter_mean(steps, f"rewards/{n}/mean") for n in names}}
