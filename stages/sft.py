@@ -83,6 +83,9 @@ def main() -> None:
         warmup_steps=sft.warmup_ratio,  # a float below 1 is a ratio of the total steps
         max_length=sft.max_length,
         packing=sft.packing,
+        # Examples of similar length share a batch: padding is computed like real tokens, so at
+        # max_length 256 random batches of 4 are 29% padding, grouped ones 1.4% (README Performance).
+        train_sampling_strategy="group_by_length" if sft.group_by_length else "random",
         gradient_checkpointing=sft.gradient_checkpointing,
         eval_strategy="steps",
         eval_steps=sft.eval_steps,
