@@ -67,8 +67,8 @@ def main() -> None:
     from stages.rewards import COMPONENTS, reward_functions
     from stages.tracking import flatten, start_run
     from stages.dataset import read_split
-    from stages.training import (common_trainer_args, effective_batch_size, fingerprint, last_checkpoint, lora_config,
-                                 mlflow_callback, save_adapter, write_history, write_json)
+    from stages.training import (common_trainer_args, effective_batch_size, file_digest, fingerprint, last_checkpoint,
+                                 lora_config, mlflow_callback, save_adapter, write_history, write_json)
 
     if not (SFT_DIR / "adapter_config.json").is_file():
         raise UserError(f"{SFT_DIR} has no adapter: run the sft stage first (`dvc repro sft`)")
@@ -79,8 +79,10 @@ def main() -> None:
         raise UserError("grpo.rewards: every weight is 0, so there is nothing to optimise")
     names = [f.__name__ for f in rewards]
 
-    # A checkpoint is resumed only by the same params, data and launch (ZeRO / FSDP checkpoints differ in form).
-    run_key = fingerprint(params.seed, params.model, params.lora, grpo, params.train, records)
+    # A checkpoint is resumed only by the same params, data, launch (ZeRO / FSDP checkpoints differ in
+    # form) and starting policy: a retrained SFT adapter must not resume the last one's GRPO run.
+    run_key = fingerprint(params.seed, params.model, params.lora, grpo, params.train, records,
+                          file_digest(SFT_DIR / "adapter_model.safetensors"))
 
     # ------------------------------------------------------------------ trainer arguments
     # Built before the model: under torchrun / accelerate this joins the process group and selects this

@@ -141,7 +141,7 @@ class SftParams:
     scheduler: str = "cosine"
     gradient_checkpointing: bool = False
     packing: bool = False
-    group_by_length: bool = True
+    group_by_length: bool = False
     sources: list[str] = field(default_factory=list)
     max_samples: int = 0
     max_steps: int = -1

@@ -29,6 +29,15 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes: part of a run key when the run starts from that file's weights."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def checkpoint_dir(stage: str, key: str) -> Path:
     return CHECKPOINT_ROOT / f"{stage}-{key}"
 

@@ -1,6 +1,7 @@
 """The grpo stage end to end on a tiny model: adapter with lineage, history, summary, MLflow."""
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -36,6 +37,14 @@ def test_two_step_grpo_run_writes_adapter_and_history(tiny_project, monkeypatch)
     evaluated = run_stage("evaluate", tiny_project, "--model-path", "models/grpo", "--test-data",
                           "data/processed/dialogues/test.jsonl", "--num-samples", "2", "--max-new-tokens", "4")
     assert evaluated.returncode == 0, evaluated.stderr
+
+    # Another SFT adapter is another starting policy: a fresh run, not a resume of the finished one.
+    shutil.rmtree(tiny_project / "models" / "sft")
+    make_adapter("models/base", tiny_project / "models" / "sft")
+    again = run_stage("grpo", tiny_project)
+    assert again.returncode == 0, again.stderr
+    assert len(list((tiny_project / "scratch" / "checkpoints").glob("grpo-*"))) == 2
+    assert json.loads((tiny_project / "metrics" / "grpo_train.json").read_text())["train_runtime_s"] > 1
 
 
 def test_grpo_without_sft_adapter_is_one_line(tiny_project):
