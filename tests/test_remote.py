@@ -66,7 +66,7 @@ def test_push_then_a_fresh_clone_pulls_everything_and_retrains_nothing(tiny_run)
 # --- WebDAV -----------------------------------------------------------------------------------
 
 # made up at run time, so that finding it in a committed file means it leaked there
-USER, PASSWORD = "alice", secrets.token_urlsafe(12)
+USER, PASSWORD = "alice", "pw" + secrets.token_hex(12)  # never starting with "-", which dvc would read as an option
 
 
 @pytest.fixture
