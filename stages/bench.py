@@ -48,7 +48,7 @@ from typing import Callable
 
 from stages import cli
 from stages.errors import UserError
-from stages.params import PARAMS_FILE, LoraParams, read_yaml
+from stages.params import PARAMS_FILE, LoraParams, read_yaml, set_dotted
 
 log = logging.getLogger("bench")
 
@@ -244,12 +244,7 @@ def stage_workspace(root: Path, overrides: dict[str, object], links: tuple[Path,
     from ruamel.yaml import YAML
 
     params = read_yaml(PARAMS_FILE)
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+    set_dotted(params, overrides)
     with (root / "params.yaml").open("w") as f:
         YAML(typ="safe", pure=True).dump(params, f)
     for link in links:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from stages import cli
 from stages.errors import UserError
-from stages.params import PARAMS_FILE, load_params
+from stages.params import PARAMS_FILE, load_params, set_dotted
 
 log = logging.getLogger("gpu_smoke")
 
@@ -56,12 +56,7 @@ def write_params(path: Path) -> None:
 
     yaml = YAML()
     params = yaml.load(PARAMS_FILE.read_text(encoding="utf-8"))
-    for dotted, value in OVERRIDES.items():
-        *sections, key = dotted.split(".")
-        node = params
-        for section in sections:
-            node = node[section]
-        node[key] = value
+    set_dotted(params, OVERRIDES)
     for source in params["data"]["sources"].values():
         if not source["path"].startswith("hf:"):  # local files are read where they are, in the repository
             source["path"] = str(Path(source["path"]).resolve())

@@ -372,6 +372,16 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     return _build(Params, raw, "")
 
 
+def set_dotted(params: dict, overrides: dict[str, Any]) -> None:
+    """Apply `{"sft.lr": 1e-4, ...}` to a loaded params mapping in place, as `dvc exp run -S` does."""
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+
+
 def read_yaml(path: Path) -> Any:
     """YAML 1.2 (ruamel), as DVC reads and writes params.yaml."""
     from ruamel.yaml import YAML, YAMLError

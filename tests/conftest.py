@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from stages.params import set_dotted
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -33,12 +35,7 @@ def set_params(project: Path, **overrides) -> None:
     """Edit `project`/params.yaml in place: dotted-key overrides, like `dvc exp run -S`."""
     yaml = YAML()
     params = yaml.load((project / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+    set_dotted(params, overrides)
     with (project / "params.yaml").open("w") as f:
         yaml.dump(params, f)
 
