@@ -2,7 +2,7 @@
 
     python -m stages.bench all [--repeats 3] [--skip-full-repro]     # `make bench`: every part below
     python -m stages.bench matmul [--repeats 3]
-    python -m stages.bench generation [--prompts 16] [--batch-size 8] [--max-new-tokens 128] [--repeats 3]
+    python -m stages.bench generation [--prompts 16] [--batch-size B] [--max-new-tokens N] [--repeats 3]
     python -m stages.bench sft [--sft-steps 12] [--repeats 3]
     python -m stages.bench grpo [--grpo-steps 5] [--repeats 3]
     python -m stages.bench pipeline [--full-repro-runs 1] [--noop-runs 5] [--skip-full-repro]
@@ -143,8 +143,9 @@ def bench_generation(args: argparse.Namespace) -> dict[str, float]:
     from stages.params import load_params
 
     params = load_params()
-    gen = dataclasses.replace(params.generation, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                              do_sample=False)
+    # the defaults of params.yaml unless overridden: the figure is about the recipe the stages run
+    gen = dataclasses.replace(params.generation, batch_size=args.batch_size or params.generation.batch_size,
+                              max_new_tokens=args.max_new_tokens or params.generation.max_new_tokens, do_sample=False)
     model, tokenizer = load_model(BASE_DIR, params.model)
     samples = select(test_conversations(list(params.data.sources)), args.prompts, params.seed)
     prompts = [prompt_messages(s["messages"]) for s in samples]
@@ -168,7 +169,8 @@ def bench_generation(args: argparse.Namespace) -> dict[str, float]:
             raise SystemExit(f"batched and one-at-a-time greedy outputs differ on {differing} of {len(prompts)} prompts")
         log.info("repeat %d: batched %.1f tok/s, loop %.1f tok/s", repeat + 1, batched_rates[-1], loop_rates[-1])
     ratios = [b / l for b, l in zip(batched_rates, loop_rates)]
-    results = {**summary("generation.batched_tokens_per_s", batched_rates),
+    results = {"generation.prompts": float(len(prompts)), "generation.batch_size": float(gen.batch_size),
+               **summary("generation.batched_tokens_per_s", batched_rates),
                **summary("generation.loop_tokens_per_s", loop_rates),
                **summary("generation.speedup", ratios)}
     print(f"\ngeneration on models/base: {len(prompts)} prompts, batch size {gen.batch_size}, "
@@ -388,8 +390,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--out", type=Path, default=OUT_FILE, help="JSON file the results are merged into")
     options = {name: argparse.ArgumentParser(add_help=False) for name in PARTS}
     options["generation"].add_argument("--prompts", type=positive, default=16)
-    options["generation"].add_argument("--batch-size", type=positive, default=8)
-    options["generation"].add_argument("--max-new-tokens", type=positive, default=128)  # generation.max_new_tokens
+    options["generation"].add_argument("--batch-size", type=positive, help="default: generation.batch_size")
+    options["generation"].add_argument("--max-new-tokens", type=positive, help="default: generation.max_new_tokens")
     options["sft"].add_argument("--sft-steps", type=positive, default=12, help="optimizer steps per sft run")
     options["grpo"].add_argument("--grpo-steps", type=positive, default=5, help="optimizer steps per grpo run")
     options["pipeline"].add_argument("--full-repro-runs", type=positive, default=1,

@@ -104,3 +104,15 @@ def test_matmul_part_writes_its_keys(tmp_path, capsys):
 def test_missing_model_is_one_line_naming_the_stage_to_run(project):
     result = run_stage("bench", project, "grpo", "--repeats", "1")
     assert result.returncode == 1 and result.stderr == "error: models/base not found: run `dvc repro base_model` first\n"
+
+
+def test_generation_part_runs_the_params_recipe_and_checks_texts(tiny_project):
+    """The batch size and answer length default to params.yaml's generation section (4 and 8 tokens
+    in tiny_project), and the part completes only when batched and looped greedy texts agree."""
+    result = run_stage("bench", tiny_project, "generation", "--repeats", "1", "--prompts", "6")
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tiny_project / "metrics/bench.json").read_text())
+    assert (results["generation.prompts"], results["generation.batch_size"]) == (6, 4)
+    assert "6 prompts, batch size 4, 8 new tokens, 1 repeats (identical greedy outputs)" in result.stdout
+    assert results["generation.speedup"] == pytest.approx(
+        results["generation.batched_tokens_per_s"] / results["generation.loop_tokens_per_s"], rel=1e-5)
