@@ -141,7 +141,7 @@ class SftParams:
     scheduler: str = "cosine"
     gradient_checkpointing: bool = False
     packing: bool = False
-    group_by_length: bool = False
+    length_window: int = 8
     sources: list[str] = field(default_factory=list)
     max_samples: int = 0
     max_steps: int = -1
@@ -161,6 +161,8 @@ class SftParams:
         _require(self.save_steps >= 1, f"{key}.save_steps", "must be >= 1", self.save_steps)
         _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)
         _require(self.grad_accum >= 1, f"{key}.grad_accum", "must be >= 1", self.grad_accum)
+        _require(self.length_window >= 1, f"{key}.length_window", "must be >= 1 (1 = random batches)",
+                 self.length_window)
         _require(self.max_length >= 16, f"{key}.max_length", "must be >= 16", self.max_length)
         _require(0 <= self.warmup_ratio < 1, f"{key}.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
         _require(len(self.sources) > 0, f"{key}.sources", "must list at least one source", [])

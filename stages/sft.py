@@ -6,8 +6,9 @@
         -S sft.max_steps=-1 -S sft.max_samples=0         # the tutorial's GPU recipe (4-bit QLoRA on CUDA)
 
 Trains on data/processed/<source>/train.jsonl for `sft.sources`, validates on their val split,
-with the loss on every assistant turn only (stages/chat_data.py). LoRA on float32 on CPU; on
-CUDA bfloat16, and 4-bit QLoRA when `model.load_in_4bit` is auto/true. Writes models/sft
+with the loss on every assistant turn only (stages/chat_data.py), in batches of similar length
+(stages/length_batching.py). LoRA on float32 on CPU; on CUDA bfloat16, and 4-bit QLoRA when
+`model.load_in_4bit` is auto/true. Writes models/sft
 (adapter + tokenizer + lineage.json), metrics/sft_history.csv (plot) and metrics/sft_train.json.
 """
 from __future__ import annotations
@@ -43,6 +44,24 @@ def build_dataset(tokenizer, records: list[dict], max_length: int):
     return Dataset.from_list(kept)
 
 
+def make_trainer(length_window: int, seed: int, **trainer_args):
+    """An SFTTrainer whose training batches come from LengthWindowSampler (unless packing, where
+    every row is already full)."""
+    from trl import SFTTrainer
+
+    from stages.length_batching import LengthWindowSampler
+
+    class LengthWindowSFTTrainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.packing:
+                return super()._get_train_sampler(train_dataset)
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            return LengthWindowSampler(lengths, self.args.train_batch_size, length_window, seed)
+
+    return LengthWindowSFTTrainer(**trainer_args)
+
+
 def main() -> None:
     params = load_params()
     sft = params.sft
@@ -50,7 +69,7 @@ def main() -> None:
     # ------------------------------------------------------------------ seed, data
     import torch
     from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from stages.modeling import load_model
     from stages.tracking import flatten, start_run
@@ -83,10 +102,6 @@ def main() -> None:
         warmup_steps=sft.warmup_ratio,  # a float below 1 is a ratio of the total steps
         max_length=sft.max_length,
         packing=sft.packing,
-        # Examples of similar length share a batch: padding is computed like real tokens, so at
-        # max_length 256 random batches of 4 are 29% padding, grouped ones 1.4%; off by default because a
-        # short run then sees only the longest examples (README Performance).
-        train_sampling_strategy="group_by_length" if sft.group_by_length else "random",
         gradient_checkpointing=sft.gradient_checkpointing,
         eval_strategy="steps",
         eval_steps=sft.eval_steps,
@@ -105,8 +120,8 @@ def main() -> None:
         run.log_params({**flatten("", params), "train_examples": len(train_set), "val_examples": len(val_set),
                         "effective_batch_size": batch})
         tracker = mlflow_callback(run)
-        trainer = SFTTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=val_set,
-                             processing_class=tokenizer, peft_config=lora, callbacks=[tracker])
+        trainer = make_trainer(sft.length_window, params.seed, model=model, args=config, train_dataset=train_set,
+                               eval_dataset=val_set, processing_class=tokenizer, peft_config=lora, callbacks=[tracker])
         log.info("training on %d examples (%d validation), effective batch %d (%d process(es)), %s",
                  len(train_set), len(val_set), batch, config.world_size, "CUDA" if on_cuda else "CPU")
 
