@@ -26,7 +26,7 @@ writes. sft: real (non-padding) training tokens/s, achieved FLOP/s and MFU (see
 tokens/s, peak resident memory.
 
 pipeline: wall time of `dvc repro` from scratch in a fresh clone of HEAD (`--full-repro-runs`,
-default 1: one run takes about 12 minutes on 2 CPU cores, and from-scratch runs vary little next
+default 1: one run takes about 10 minutes on 2 CPU cores, and from-scratch runs vary little next
 to that), then of a no-op `dvc repro` on that completed clone. With --skip-full-repro the no-op is
 timed in this repository, which must then be up to date, and pipeline.full_repro_s is left out.
 """
@@ -395,7 +395,7 @@ def parser() -> argparse.ArgumentParser:
     options["sft"].add_argument("--sft-steps", type=positive, default=12, help="optimizer steps per sft run")
     options["grpo"].add_argument("--grpo-steps", type=positive, default=5, help="optimizer steps per grpo run")
     options["pipeline"].add_argument("--full-repro-runs", type=positive, default=1,
-                                     help="from-scratch `dvc repro` runs (~12 min each on 2 CPU cores)")
+                                     help="from-scratch `dvc repro` runs (~10 min each on 2 CPU cores)")
     options["pipeline"].add_argument("--noop-runs", type=positive, default=5, help="no-op `dvc repro` runs")
     options["pipeline"].add_argument("--skip-full-repro", action="store_true",
                                      help="time only the no-op, in this (up-to-date) repository")
