@@ -141,7 +141,17 @@ def save_adapter(trainer, out_dir: Path, base_dir: Path, parents: tuple[Path, ..
     if main:
         # the Trainer also pickles its arguments there; nothing reads them, and adapters carry no pickles
         (out_dir / "training_args.bin").unlink(missing_ok=True)
+        sort_target_modules(out_dir / "adapter_config.json")
         write_lineage(out_dir, base_dir, parents, **details)
+
+
+def sort_target_modules(config_path: Path) -> None:
+    """PEFT keeps target_modules as a set and writes it in string-hash order, which Python
+    randomises per process: sorted, the same adapter is the same bytes (and DVC hash) every run."""
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))  # PEFT's own layout
 
 
 def write_json(path: Path, values: dict[str, float]) -> None:
