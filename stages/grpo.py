@@ -68,7 +68,7 @@ def main() -> None:
     from stages.tracking import flatten, start_run
     from stages.dataset import read_split
     from stages.training import (common_trainer_args, effective_batch_size, file_digest, fingerprint, last_checkpoint,
-                                 lora_config, mlflow_callback, save_adapter, write_history, write_json)
+                                 lora_config, mlflow_callback, save_adapter, steps_done, write_history, write_json)
 
     if not (SFT_DIR / "adapter_config.json").is_file():
         raise UserError(f"{SFT_DIR} has no adapter: run the sft stage first (`dvc repro sft`)")
@@ -128,8 +128,10 @@ def main() -> None:
                  "CUDA" if on_cuda else "CPU")
 
         # -------------------------------------------------------------- train (resume)
+        resume_from = last_checkpoint(Path(config.output_dir), grpo.resume)
+        resumed_at = steps_done(resume_from)
         started = time.perf_counter()
-        trainer.train(resume_from_checkpoint=last_checkpoint(Path(config.output_dir), grpo.resume))
+        trainer.train(resume_from_checkpoint=resume_from)
         runtime = time.perf_counter() - started
 
         # -------------------------------------------------------------- save (main process writes)
@@ -139,10 +141,11 @@ def main() -> None:
                       **{f"rewards/{n}/mean": f"reward_{n}" for n in names}}
             columns = history_columns(COMPONENTS)  # every component, blank when off: stable plot columns
             steps = [e for e in trainer.state.log_history if "reward" in e]
-            # each step's mean completion length × completions per step (all processes)
-            generated = batch * sum(e.get("completions/mean_length", 0.0) for e in steps)
-            summary = {"steps": trainer.state.global_step, "train_runtime_s": runtime,
-                       "seconds_per_step": runtime / max(trainer.state.global_step, 1),
+            # each step's mean completion length × completions per step (all processes); rates count
+            # only the steps this run took (a resumed run's history holds the earlier ones too)
+            generated = batch * sum(e.get("completions/mean_length", 0.0) for e in steps if e["step"] > resumed_at)
+            summary = {"steps": trainer.state.global_step, "resumed_from_step": resumed_at, "train_runtime_s": runtime,
+                       "seconds_per_step": runtime / max(trainer.state.global_step - resumed_at, 1),
                        "generated_tokens": generated, "generated_tokens_per_s": generated / runtime,
                        "effective_batch_size": batch, "processes": config.world_size,
                        **_quarters(steps, "reward"),

@@ -75,7 +75,7 @@ def main() -> None:
     from stages.tracking import flatten, start_run
     from stages.dataset import read_split
     from stages.training import (common_trainer_args, effective_batch_size, fingerprint, last_checkpoint, lora_config,
-                                 mlflow_callback, save_adapter, write_history, write_json)
+                                 mlflow_callback, save_adapter, steps_done, write_history, write_json)
 
     set_seed(params.seed)
     train_records = read_split(sft.sources, "train")
@@ -127,6 +127,7 @@ def main() -> None:
 
         # -------------------------------------------------------------- train (resume)
         resume_from = last_checkpoint(Path(config.output_dir), sft.resume)
+        resumed_at = steps_done(resume_from)
         eval_start = trainer.evaluate()["eval_loss"]  # the untrained adapter: step 0 of the eval curve
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from)
@@ -137,11 +138,13 @@ def main() -> None:
         save_adapter(trainer, OUT_DIR, BASE_DIR, (), stage="sft", run_key=run_key, train_examples=len(train_set))
         if trainer.is_world_process_zero():
             # TRL's num_tokens counts real tokens (of all processes); the Trainer's num_input_tokens_seen
-            # includes padding
-            tokens = max((e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e), default=0)
+            # includes padding. A resumed run's history holds the earlier steps too: the rate is over this run's.
+            tokens = _real_tokens(trainer.state.log_history)
+            tokens_before = _real_tokens(e for e in trainer.state.log_history if e.get("step", 0) <= resumed_at)
             summary = {"train_loss": result.training_loss, "eval_loss": eval_end, "eval_loss_start": eval_start,
-                       "steps": trainer.state.global_step, "epochs": trainer.state.epoch or 0.0,
-                       "tokens_seen": tokens, "train_runtime_s": runtime, "tokens_per_s": tokens / runtime,
+                       "steps": trainer.state.global_step, "resumed_from_step": resumed_at,
+                       "epochs": trainer.state.epoch or 0.0, "tokens_seen": tokens, "train_runtime_s": runtime,
+                       "tokens_per_s": (tokens - tokens_before) / runtime,
                        "effective_batch_size": batch, "processes": config.world_size}
             # train() starts a fresh log history, so the pre-training eval is added back as step 0
             write_history(HISTORY_FILE, [{"step": 0, "epoch": 0.0, "eval_loss": eval_start}, *trainer.state.log_history],
@@ -152,6 +155,10 @@ def main() -> None:
                 run.log_artifacts(OUT_DIR, "adapter")
             log.info("eval loss %.4f -> %.4f in %d steps (%.0f s, %.0f tokens/s); adapter in %s",
                      eval_start, eval_end, summary["steps"], runtime, summary["tokens_per_s"], OUT_DIR)
+
+
+def _real_tokens(log_history) -> float:
+    return max((e["num_tokens"] for e in log_history if "num_tokens" in e), default=0)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,14 @@ def last_checkpoint(directory: Path, resume: str) -> str | None:
     return None
 
 
+def steps_done(checkpoint: str | None) -> int:
+    """Optimizer steps a resumed run had taken before this process (0 for a fresh run), so that
+    rates (tokens/s, s/step) count only the work this process did in its runtime."""
+    if checkpoint is None:
+        return 0
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+
+
 def mlflow_callback(run):
     """A TrainerCallback that sends every numeric log value to MLflow as it happens."""
     from transformers import TrainerCallback

@@ -30,6 +30,8 @@ def test_two_step_grpo_run_writes_adapter_and_history(tiny_project, monkeypatch)
         assert rows[-1][column] != "", column
     summary = json.loads((tiny_project / "metrics" / "grpo_train.json").read_text())
     assert summary["steps"] == 2 and "reward_last_quarter" in summary and "reward_similarity" in summary
+    assert summary["resumed_from_step"] == 0 and summary["seconds_per_step"] == pytest.approx(
+        summary["train_runtime_s"] / 2, rel=1e-4)
     (run,) = mlflow_runs(tiny_project)
     assert run.data.tags["stage"] == "grpo" and run.data.tags["dvc_exp_name"] == "grpo-test"
     assert "rewards_similarity_mean" in run.data.metrics and "reward_std" in run.data.metrics

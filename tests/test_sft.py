@@ -1,6 +1,7 @@
 """SFT: the loss mask, and the stage end to end on a tiny model (adapter, history, MLflow, resume)."""
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -126,7 +127,11 @@ def test_killed_sft_run_resumes_from_its_last_checkpoint(tiny_project):
     assert "resuming from" in result.stderr
     # a checkpoint cut short by the kill (no trainer_state.json) is skipped, not resumed from
     assert "Can't find a valid checkpoint" not in result.stderr
-    assert json.loads((tiny_project / "metrics" / "sft_train.json").read_text())["steps"] == 30
+    summary = json.loads((tiny_project / "metrics" / "sft_train.json").read_text())
+    resumed_at = int(re.search(r"resuming from \S+checkpoint-(\d+)", result.stderr).group(1))
+    assert summary["steps"] == 30 and summary["resumed_from_step"] == resumed_at >= 1
+    # the rate covers the tokens this run trained on, not those before the kill
+    assert summary["tokens_per_s"] * summary["train_runtime_s"] < summary["tokens_seen"] - 1
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path):
