@@ -51,6 +51,7 @@ def stages():
 
 @pytest.mark.parametrize("stage", stages())
 def test_stage_deps_cover_the_modules_it_runs(stage):
+    assert len(set(stage["deps"])) == len(stage["deps"]), "a dep is listed twice (DVC then locks it twice)"
     listed = {Path(dep).stem for dep in stage["deps"] if dep.startswith("stages/")}
     missing = modules_run_by(stage["cmd"]) - NOT_DEPS - listed
     assert not missing, f"add to deps: {', '.join(f'stages/{m}.py' for m in sorted(missing))}"
