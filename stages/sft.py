@@ -44,20 +44,20 @@ def build_dataset(tokenizer, records: list[dict], max_length: int):
     return Dataset.from_list(kept)
 
 
-def make_trainer(length_window: int, seed: int, **trainer_args):
-    """An SFTTrainer whose training batches come from LengthWindowSampler (unless packing, where
-    every row is already full)."""
+def make_trainer(length_window: int, **trainer_args):
+    """An SFTTrainer whose training batches come from LengthWindowSampler, seeded by the trainer's
+    seed (unless packing, where every row is already full)."""
     from trl import SFTTrainer
 
     from stages.length_batching import LengthWindowSampler
 
     class LengthWindowSFTTrainer(SFTTrainer):
         def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.packing:
                 return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            return LengthWindowSampler(lengths, self.args.train_batch_size, length_window, seed)
+            return LengthWindowSampler(lengths, self.args.train_batch_size, length_window, self.args.seed)
 
     return LengthWindowSFTTrainer(**trainer_args)
 
@@ -120,7 +120,7 @@ def main() -> None:
         run.log_params({**flatten("", params), "train_examples": len(train_set), "val_examples": len(val_set),
                         "effective_batch_size": batch})
         tracker = mlflow_callback(run)
-        trainer = make_trainer(sft.length_window, params.seed, model=model, args=config, train_dataset=train_set,
+        trainer = make_trainer(sft.length_window, model=model, args=config, train_dataset=train_set,
                                eval_dataset=val_set, processing_class=tokenizer, peft_config=lora, callbacks=[tracker])
         log.info("training on %d examples (%d validation), effective batch %d (%d process(es)), %s",
                  len(train_set), len(val_set), batch, config.world_size, "CUDA" if on_cuda else "CPU")

@@ -81,9 +81,9 @@ def test_sft_trainer_batches_follow_the_sampler(tiny_model_dir, tmp_path):
                                                                    "content": "word " * rng.randint(1, 60)}], 256)
                 for _ in range(24)]
     trainer = make_trainer(
-        3, 42, model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        3, model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
         args=SFTConfig(output_dir=str(tmp_path), report_to="none", max_length=256, per_device_train_batch_size=4,
-                       bf16=False),
+                       seed=42, bf16=False),
         train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
         peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
     lengths = [len(e["input_ids"]) for e in examples]
