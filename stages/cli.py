@@ -19,8 +19,8 @@ def setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    # bitsandbytes announces at import that an optional CPU 4-bit kernel package is missing;
-    # 4-bit is only ever used on CUDA here, so that warning is noise in every stage's log.
+    # bitsandbytes announces at import that an optional faster CPU 4-bit kernel package (`kernels`) is
+    # missing; its own CPU NF4 code runs without it, so that warning is noise in every stage's log.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 

@@ -18,7 +18,7 @@ from stages import cli
 from stages.errors import UserError
 from stages.evaluation import METRICS_DIR, evaluate_model, select, test_conversations
 from stages.params import load_params
-from stages.report import comparison, comparison_plot_csv, markdown, read_results
+from stages.report import comparison, comparison_plot_csv, markdown, read_provenance, read_results
 from stages.scoring import Embedder
 
 log = logging.getLogger("eval")
@@ -42,7 +42,8 @@ def main() -> None:
         results[name], predictions[name] = read_results(METRICS_DIR, name)
     (METRICS_DIR / "comparison.json").write_text(json.dumps(comparison(results), indent=2, sort_keys=True) + "\n")
     (METRICS_DIR / "comparison_plot.csv").write_text(comparison_plot_csv(results))
-    (METRICS_DIR / "report.md").write_text(markdown(results, predictions), encoding="utf-8")
+    provenance = read_provenance(METRICS_DIR, list(results))
+    (METRICS_DIR / "report.md").write_text(markdown(results, predictions, provenance), encoding="utf-8")
     log.info("wrote metrics/comparison.json, metrics/comparison_plot.csv and metrics/report.md")
 
 

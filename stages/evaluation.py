@@ -15,8 +15,9 @@ from stages.conversations import Dropped, to_turns
 from stages.dataset import read_split
 from stages.errors import UserError
 from stages.generation import generate, prompt_messages
-from stages.modeling import load_model, model_chain
+from stages.modeling import chain_precision, load_model, model_chain
 from stages.params import Params
+from stages.precision import provenance, write_provenance
 from stages.scoring import Embedder, score
 from stages.tracking import flatten, start_run
 
@@ -101,15 +102,18 @@ def evaluate_model(stage: str, name: str, model_path: Path, samples: list[dict],
                    embedder: Embedder, out_dir: Path = METRICS_DIR) -> dict:
     """Load `model_path` (model or adapter chain), evaluate, write results, log an MLflow run."""
     base, adapters = model_chain(model_path)
+    precision = chain_precision(params.model, adapters)
     model, tokenizer = load_model(base, params.model, adapters)
     with start_run(stage, params.mlflow.experiment, run_name=f"{stage}:{name}") as run:
         run.log_params({"model_path": str(model_path), "num_samples": len(samples),
                         **flatten("generation", params.generation), "seed": params.seed})
         metrics, rows, seconds = evaluate(model, tokenizer, samples, params, embedder)
         metrics_file, predictions_file = write_results(name, metrics, rows, out_dir)
+        write_provenance(name, provenance(precision, model_path=str(model_path),
+                                          chain=[str(p) for p in (base, *adapters)]), run, out_dir / "provenance")
         run.log_metrics({**metrics, "generation_seconds": seconds})
         run.log_artifact(predictions_file)
-    log.info("%s: ROUGE-L %.4f, BLEU %.4f, similarity %.4f on %d conversations (%.1fs generating)",
-             name, metrics["rougeL"], metrics["bleu"], metrics["similarity"], len(samples),
-             seconds)
+    log.info("%s: ROUGE-L %.4f, BLEU %.4f, similarity %.4f on %d conversations (%.1fs generating, %s)",
+             name, metrics["rougeL"], metrics["bleu"], metrics["similarity"], len(samples), seconds,
+             precision.describe())
     return metrics

@@ -43,7 +43,7 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], params: Gene
     encoded = [tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)
                ["input_ids"] for p in prompts]
     prefix_len = shared_prefix_length(encoded)
-    stop_ids = torch.tensor(_stop_ids(tokenizer))
+    stop_ids = torch.tensor(stop_token_ids(tokenizer, model.generation_config))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     batches = [order[i:i + params.batch_size] for i in range(0, len(order), params.batch_size)]
@@ -134,9 +134,12 @@ def _pick(logits, params: GenerationParams):
     return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).squeeze(1)
 
 
-def _stop_ids(tokenizer) -> list[int]:
-    """EOS plus the chat template's end-of-turn token, when the template has one."""
-    ids = {tokenizer.eos_token_id}
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every id that ends an answer: the tokenizer's EOS, every id of the model's
+    `generation_config.eos_token_id` (an int or a list: Qwen2.5 lists `<|im_end|>` and
+    `<|endoftext|>`; TRL stops on the same list), and the chat template's end-of-turn token."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids = {tokenizer.eos_token_id, *([configured] if isinstance(configured, int) else configured or [])}
     for token in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
         token_id = tokenizer.convert_tokens_to_ids(token)
         if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:

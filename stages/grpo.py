@@ -57,21 +57,24 @@ def main() -> None:
     grpo = params.grpo
 
     # ------------------------------------------------------------------ seed, data, rewards
-    import torch
     from datasets import Dataset
     from transformers import TrainerCallback, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
     from stages.errors import UserError
     from stages.modeling import load_model
+    from stages.precision import as_record, provenance, resolve, write_provenance
     from stages.rewards import COMPONENTS, reward_functions
     from stages.tracking import flatten, start_run
     from stages.dataset import read_split
-    from stages.training import (common_trainer_args, effective_batch_size, file_digest, fingerprint, last_checkpoint,
-                                 lora_config, mlflow_callback, save_adapter, steps_done, write_history, write_json)
+    from stages.digests import file_digest, fingerprint
+    from stages.training import (common_trainer_args, effective_batch_size, keep_lora_float32, last_checkpoint,
+                                 lora_change_callback, lora_config, mlflow_callback, peak_memory_gb, refuse_data_parallel,
+                                 save_adapter, steps_done, write_history, write_json)
 
     if not (SFT_DIR / "adapter_config.json").is_file():
         raise UserError(f"{SFT_DIR} has no adapter: run the sft stage first (`dvc repro sft`)")
+    precision = resolve(params.model)  # 4-bit asked for without bitsandbytes stops here, before any loading
     set_seed(params.seed)
     records = read_split(params.sft.sources, "train_small")
     rewards, weights = reward_functions(grpo.rewards)
@@ -88,7 +91,7 @@ def main() -> None:
     # Built before the model: under torchrun / accelerate this joins the process group and selects this
     # process's GPU, which load_model then places the model on (otherwise every process would use GPU 0).
     config = GRPOConfig(
-        **common_trainer_args("grpo", run_key, params.seed, grpo.save_steps),
+        **common_trainer_args("grpo", run_key, params.seed, grpo.save_steps, precision),
         learning_rate=grpo.lr,
         num_train_epochs=grpo.epochs,
         max_steps=grpo.max_steps,
@@ -100,12 +103,13 @@ def main() -> None:
         reward_weights=weights,
     )
     lora = lora_config(params.lora)
+    refuse_data_parallel(config)
     batch = effective_batch_size(config)  # completions per optimizer step, all processes
 
     # ------------------------------------------------------------------ tokenizer, model
-    model, tokenizer = load_model(BASE_DIR, params.model, adapters=(SFT_DIR,))
+    # the SFT chain merged in full precision (then quantized, under 4-bit): the policy and its KL reference
+    model, tokenizer = load_model(BASE_DIR, params.model, adapters=(SFT_DIR,), for_training=True)
     dataset = Dataset.from_list(prompt_rows(records))
-    on_cuda = torch.cuda.is_available()
 
     class ZeroSpreadWarning(TrainerCallback):
         warned = False
@@ -120,12 +124,14 @@ def main() -> None:
 
     with start_run("grpo", params.mlflow.experiment) as run:
         run.log_params({**flatten("", params), "prompts": len(dataset), "effective_batch_size": batch})
+        lora_change = lora_change_callback()
         trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                               processing_class=tokenizer, peft_config=lora,
-                              callbacks=[mlflow_callback(run), ZeroSpreadWarning()])
+                              callbacks=[mlflow_callback(run), ZeroSpreadWarning(), lora_change])
+        keep_lora_float32(trainer)
         log.info("GRPO on %d prompts, %d completions each, %d completions per step (%d process(es)), rewards %s "
                  "(weights %s), %s", len(dataset), grpo.num_generations, batch, config.world_size, names, weights,
-                 "CUDA" if on_cuda else "CPU")
+                 precision.describe())
 
         # -------------------------------------------------------------- train (resume)
         resume_from = last_checkpoint(Path(config.output_dir), grpo.resume)
@@ -135,7 +141,8 @@ def main() -> None:
         runtime = time.perf_counter() - started
 
         # -------------------------------------------------------------- save (main process writes)
-        save_adapter(trainer, OUT_DIR, BASE_DIR, (SFT_DIR,), stage="grpo", run_key=run_key)
+        save_adapter(trainer, OUT_DIR, BASE_DIR, (SFT_DIR,), stage="grpo", run_key=run_key,
+                     precision=as_record(precision))
         if trainer.is_world_process_zero():
             rename = {"completions/mean_length": "completion_length", "clip_ratio/region_mean": "clip_ratio",
                       **{f"rewards/{n}/mean": f"reward_{n}" for n in names}}
@@ -148,10 +155,12 @@ def main() -> None:
                        "seconds_per_step": runtime / max(trainer.state.global_step - resumed_at, 1),
                        "generated_tokens": generated, "generated_tokens_per_s": generated / runtime,
                        "effective_batch_size": batch, "processes": config.world_size,
+                       "peak_memory_gb": peak_memory_gb(precision), **lora_change.result,
                        **_quarters(steps, "reward"),
                        **{f"reward_{n}": _last_quarter_mean(steps, f"rewards/{n}/mean") for n in names}}
             write_history(HISTORY_FILE, trainer.state.log_history, columns, rename)
             write_json(SUMMARY_FILE, summary)
+            write_provenance("grpo_train", provenance(precision, processes=config.world_size), run)
             run.log_metrics({f"final_{k}": v for k, v in summary.items()})
             if params.mlflow.log_models:
                 run.log_artifacts(OUT_DIR, "adapter")

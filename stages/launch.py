@@ -74,8 +74,26 @@ def check_machine(train: TrainParams, nproc: int, gpus: int) -> None:
                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
 
 
-def child_env(nproc: int, gpus: int) -> dict[str, str]:
+def single_process_device(visible: str | None, gpus: int) -> str | None:
+    """The CUDA_VISIBLE_DEVICES value that leaves one process a single GPU (None: nothing to pin).
+
+    With several GPUs visible and no distributed launcher, the Trainer would wrap the model in
+    nn.DataParallel, which TRL's trainers refuse. `visible` is CUDA_VISIBLE_DEVICES as set (indices or
+    GPU UUIDs, or unset: all), `gpus` the number torch sees; the first visible one is kept."""
+    if gpus <= 1:
+        return None
+    listed = [d.strip() for d in (visible or "").split(",") if d.strip()]
+    return listed[0] if listed else "0"
+
+
+def child_env(train: TrainParams, nproc: int, gpus: int) -> dict[str, str]:
     env = dict(os.environ)
+    if train.launcher == "python":
+        pinned = single_process_device(env.get("CUDA_VISIBLE_DEVICES"), gpus)
+        if pinned is not None:
+            log.info("train.launcher is python: training on one GPU (CUDA_VISIBLE_DEVICES=%s) of the %d visible; "
+                     "set train.launcher=torchrun to use all of them", pinned, gpus)
+            env["CUDA_VISIBLE_DEVICES"] = pinned
     if nproc > 1 and gpus == 0:
         # Without it the Trainer's accelerate state ignores the process group on a CPU-only machine and
         # every process trains alone, each writing its own adapter; with it they form one DDP run over gloo.
@@ -89,15 +107,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the command and run nothing")
     args = parser.parse_args(argv)
     train = load_params().train
-    gpus = 0 if train.launcher == "python" else visible_gpus()  # one process needs no count (or torch import)
-    nproc = max(gpus, 1) if train.nproc_per_node == "auto" else train.nproc_per_node
+    gpus = visible_gpus()
+    nproc = 1 if train.launcher == "python" else max(gpus, 1) if train.nproc_per_node == "auto" \
+        else train.nproc_per_node
     launch = command(args.stage, train, nproc)
     if args.dry_run:
         print(shlex.join(launch))
         return
     check_machine(train, nproc, gpus)
     log.info("running %s", shlex.join(launch))
-    os.execve(launch[0], launch, child_env(nproc, gpus))
+    os.execve(launch[0], launch, child_env(train, nproc, gpus))
 
 
 if __name__ == "__main__":

@@ -100,48 +100,28 @@ def save_base(model, tokenizer, out_dir: Path, source: dict) -> None:
 LINEAGE_FILE = "lineage.json"  # written beside each adapter: the base and the adapters below it
 
 
-def runtime_settings(model: ModelParams) -> dict:
-    """dtype, device placement and quantization for this machine.
+def load_model(base_dir: Path, model: ModelParams, adapters: tuple[Path, ...] = (), *, for_training: bool = False):
+    """Load (model, tokenizer): `base_dir` with the adapters in `adapters` applied, in order.
 
-    CUDA → bfloat16, and 4-bit NF4 (QLoRA) when `model.load_in_4bit` is auto/true and
-    bitsandbytes is installed; CPU → float32 (4-bit kernels are CUDA-only here, so `true`
-    falls back to float32 with a warning rather than failing a laptop run).
-    """
-    import torch
+    The one loader every stage and the standalone evaluator use; the tokenizer pads on the left, as
+    batched generation needs. The rule for stacking adapters (never merged into quantized weights,
+    whose re-quantization rounds the LoRA delta away; peft#2321):
 
-    if not torch.cuda.is_available():
-        if model.load_in_4bit is True:
-            log.warning("model.load_in_4bit is true but CUDA is not available: loading float32 on CPU")
-        return {"dtype": torch.float32}
-    from transformers.integrations import is_deepspeed_zero3_enabled
+    * full precision: every adapter is merged into the weights, in memory;
+    * 4-bit: the adapters below the top one are merged into the full-precision base, in a CPU process of
+      their own (stages/merge.py, cached in scratch/merged/), that result is quantized to NF4, and the top
+      adapter stays unmerged on it: exactly the model the top adapter was trained on, in its precision;
+    * `for_training` (sft, grpo: a stage adding its own adapter): every adapter in `adapters` is below
+      the new one, so all are merged before quantizing; the trainer's KL reference (its adapter disabled) is
+      then that same model, the SFT policy.
 
-    settings = {"dtype": torch.bfloat16}
-    # DeepSpeed ZeRO-3 places (partitions) the weights itself while loading and refuses a device_map;
-    # everything else loads onto this process's GPU (set by the trainer arguments under torchrun/accelerate).
-    if not is_deepspeed_zero3_enabled():
-        settings["device_map"] = {"": torch.cuda.current_device()}
-    if model.load_in_4bit in ("auto", True) and importlib.util.find_spec("bitsandbytes") is not None:
-        from transformers import BitsAndBytesConfig
-
-        settings["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            # the same packed bits in a bfloat16 container: FSDP and ZeRO-3 can only shard 4-bit weights
-            # stored in the dtype of the rest of the model
-            bnb_4bit_quant_storage=torch.bfloat16,
-        )
-    elif model.load_in_4bit is True:
-        raise UserError("model.load_in_4bit is true but bitsandbytes is not installed (`pip install bitsandbytes`)")
-    return settings
-
-
-def load_model(base_dir: Path, model: ModelParams, adapters: tuple[Path, ...] = ()):
-    """Load (model, tokenizer): `base_dir` with each adapter in `adapters` merged in, in order.
-
-    The one loader every stage and the standalone evaluator use. The tokenizer pads on the
-    left, as batched generation needs.
+    Evaluating an adapter follows the precision its lineage.json records (the one it was trained in)
+    over `model.load_in_4bit`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stages.merge import merged_dir
+    from stages.precision import load_kwargs
 
     if not (Path(base_dir) / "config.json").is_file():
         raise UserError(f"{base_dir} is not a model directory (no config.json): run `dvc repro base_model`")
@@ -149,15 +129,68 @@ def load_model(base_dir: Path, model: ModelParams, adapters: tuple[Path, ...] = 
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    precision = chain_precision(model, adapters, for_training)
+    if precision.load_in_4bit or _zero3():  # neither can merge into the weights it loads
+        below, unmerged = (adapters, ()) if for_training else (adapters[:-1], adapters[-1:])
+        start = merged_dir(base_dir, below, precision.dtype, model.trust_remote_code) if below else Path(base_dir)
+        in_memory: tuple[Path, ...] = ()
+    else:
+        start, in_memory, unmerged = Path(base_dir), adapters, ()
+    log.info("loading %s (%s)", " + ".join(map(str, (base_dir, *adapters))), precision.describe())
     loaded = AutoModelForCausalLM.from_pretrained(
-        base_dir, use_safetensors=True, trust_remote_code=model.trust_remote_code, **runtime_settings(model))
-    for adapter in adapters:
-        from peft import PeftModel
+        start, use_safetensors=True, trust_remote_code=model.trust_remote_code, **load_kwargs(precision))
+    from peft import PeftModel
 
-        log.info("applying adapter %s", adapter)
+    for adapter in in_memory:
         loaded = PeftModel.from_pretrained(loaded, str(adapter)).merge_and_unload()
+    for adapter in unmerged:
+        # the base model with the LoRA layers injected: a plain transformers model to every caller
+        loaded = PeftModel.from_pretrained(loaded, str(adapter)).get_base_model()
+    if for_training and precision.load_in_4bit and precision.device == "cpu":
+        keep_nf4_trainable_on_cpu(loaded)
     loaded.eval()
     return loaded, tokenizer
+
+
+def keep_nf4_trainable_on_cpu(model) -> int:
+    """Turn off bitsandbytes' CPU inference repacking in every 4-bit layer; returns how many.
+
+    bitsandbytes 0.50.2, on a CPU with AVX512-BF16, repacks a Linear4bit's NF4 weight into its CPU
+    kernel's layout at the first forward in eval mode without gradients (the trainer's evaluation
+    before training, or a GRPO rollout) and never packs it back. Every later forward, training ones
+    too, then runs that kernel (`gemv_4bit`), which has no backward: torch warns "an autograd kernel
+    was not registered ... silently incorrect behavior", and the gradients that should flow through
+    the 4-bit layers are lost, so only the LoRA weights near the output learn (measured: grad norm
+    0.19 instead of 1.25 on the first SFT step, eval loss stuck for 12 steps; tests/test_quantized.py).
+    Training forwards never repack, and CUDA never takes that path (it checks for a CPU input).
+    """
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def chain_precision(model: ModelParams, adapters: tuple[Path, ...] = (), for_training: bool = False):
+    """The Precision `load_model` uses: `model.*`, except that an adapter chain is evaluated with the
+    4-bit setting its top adapter was trained with."""
+    from stages.precision import resolve
+
+    return resolve(model, None if for_training or not adapters else trained_in_4bit(adapters[-1]))
+
+
+def trained_in_4bit(adapter: Path) -> bool | None:
+    """Whether `adapter` was trained on 4-bit weights, as its lineage.json records (None: not recorded)."""
+    lineage_file = Path(adapter) / LINEAGE_FILE
+    if not lineage_file.is_file():
+        return None
+    recorded = json.loads(lineage_file.read_text()).get("precision") or {}
+    return recorded.get("load_in_4bit")
+
+
+def _zero3() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
 
 
 def model_chain(path: Path) -> tuple[Path, tuple[Path, ...]]:

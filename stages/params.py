@@ -84,6 +84,7 @@ class ModelParams:
     name: str
     revision: str = "main"
     load_in_4bit: Literal["auto", True, False] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     trust_remote_code: bool = False
 
     def validate(self, key: str) -> None:
@@ -316,6 +317,7 @@ class VerlParams:
     python: str = ".venv-verl/bin/python"
     nnodes: int = 1
     n_gpus_per_node: int = 1
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
     sft: VerlSftParams = field(default_factory=VerlSftParams)
     grpo: VerlGrpoParams = field(default_factory=VerlGrpoParams)
 

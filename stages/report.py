@@ -37,7 +37,8 @@ def comparison_plot_csv(results: dict[str, dict]) -> str:
     return out.getvalue()
 
 
-def markdown(results: dict[str, dict], predictions: dict[str, list[dict]]) -> str:
+def markdown(results: dict[str, dict], predictions: dict[str, list[dict]],
+             provenance: dict[str, dict] | None = None) -> str:
     models = list(results)
     lines = ["# Evaluation report", "",
              "Scores on the same seeded test conversations (see stages/scoring.py for definitions).", "",
@@ -48,6 +49,7 @@ def markdown(results: dict[str, dict], predictions: dict[str, list[dict]]) -> st
     if len(counts) > 1:
         lines += ["", "**Note:** the models were scored on different numbers of conversations "
                       "(baseline.num_samples differs from eval.num_samples), so the columns are not comparable."]
+    lines += _provenance_lines(provenance or {})
     lines += ["", "## Examples", ""]
     by_id = {m: {row["id"]: row for row in rows} for m, rows in predictions.items()}
     shared = [row["id"] for row in predictions[models[0]] if all(row["id"] in by_id[m] for m in models)]
@@ -57,6 +59,26 @@ def markdown(results: dict[str, dict], predictions: dict[str, list[dict]]) -> st
                   f"**Reference:** {_excerpt(first['reference'])}", ""]
         lines += [f"**{m}:** {_excerpt(by_id[m][example_id]['prediction']) or '(empty)'}" + "\n" for m in models]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _provenance_lines(provenance: dict[str, dict]) -> list[str]:
+    """Where the numbers were made (metrics/provenance/), and a warning when the models differ."""
+    if not provenance:
+        return []
+    described = {m: f"{p['device']}, {p['dtype']}, quantization {p['quantization']}" for m, p in provenance.items()}
+    if len(set(described.values())) == 1:
+        return ["", f"Produced on {next(iter(described.values()))} (metrics/provenance/)."]
+    return ["", "**Note:** the models were evaluated in different precisions, so the columns are not comparable: "
+                + "; ".join(f"{m}: {d}" for m, d in described.items()) + "."]
+
+
+def read_provenance(metrics_dir: Path, names: list[str]) -> dict[str, dict]:
+    found = {}
+    for name in names:
+        path = metrics_dir / "provenance" / f"{name}.json"
+        if path.is_file():
+            found[name] = json.loads(path.read_text())
+    return found
 
 
 def read_results(metrics_dir: Path, name: str) -> tuple[dict, list[dict]]:

@@ -67,16 +67,19 @@ def main() -> None:
     sft = params.sft
 
     # ------------------------------------------------------------------ seed, data
-    import torch
     from transformers import set_seed
     from trl import SFTConfig
 
     from stages.modeling import load_model
+    from stages.precision import as_record, provenance, resolve, write_provenance
     from stages.tracking import flatten, start_run
     from stages.dataset import read_split
-    from stages.training import (common_trainer_args, effective_batch_size, fingerprint, last_checkpoint, lora_config,
-                                 mlflow_callback, save_adapter, steps_done, write_history, write_json)
+    from stages.digests import fingerprint
+    from stages.training import (common_trainer_args, effective_batch_size, keep_lora_float32, last_checkpoint,
+                                 lora_change_callback, lora_config, mlflow_callback, peak_memory_gb, refuse_data_parallel,
+                                 save_adapter, steps_done, write_history, write_json)
 
+    precision = resolve(params.model)  # 4-bit asked for without bitsandbytes stops here, before any loading
     set_seed(params.seed)
     train_records = read_split(sft.sources, "train")
     if sft.max_samples:
@@ -91,7 +94,7 @@ def main() -> None:
     # Built before the model: under torchrun / accelerate this joins the process group and selects this
     # process's GPU, which load_model then places the model on (otherwise every process would use GPU 0).
     config = SFTConfig(
-        **common_trainer_args("sft", run_key, params.seed, sft.save_steps),
+        **common_trainer_args("sft", run_key, params.seed, sft.save_steps, precision),
         num_train_epochs=sft.epochs,
         max_steps=sft.max_steps,
         per_device_train_batch_size=sft.batch_size,
@@ -108,22 +111,24 @@ def main() -> None:
         dataloader_num_workers=0,
     )
     lora = lora_config(params.lora)
+    refuse_data_parallel(config)
     batch = effective_batch_size(config)
 
     # ------------------------------------------------------------------ tokenizer, model
-    model, tokenizer = load_model(BASE_DIR, params.model)
+    model, tokenizer = load_model(BASE_DIR, params.model, for_training=True)
     train_set = build_dataset(tokenizer, train_records, sft.max_length)
     val_set = build_dataset(tokenizer, val_records, sft.max_length)
-    on_cuda = torch.cuda.is_available()
 
     with start_run("sft", params.mlflow.experiment) as run:
         run.log_params({**flatten("", params), "train_examples": len(train_set), "val_examples": len(val_set),
                         "effective_batch_size": batch})
-        tracker = mlflow_callback(run)
+        tracker, lora_change = mlflow_callback(run), lora_change_callback()
         trainer = make_trainer(sft.length_window, model=model, args=config, train_dataset=train_set,
-                               eval_dataset=val_set, processing_class=tokenizer, peft_config=lora, callbacks=[tracker])
+                               eval_dataset=val_set, processing_class=tokenizer, peft_config=lora,
+                               callbacks=[tracker, lora_change])
+        keep_lora_float32(trainer)
         log.info("training on %d examples (%d validation), effective batch %d (%d process(es)), %s",
-                 len(train_set), len(val_set), batch, config.world_size, "CUDA" if on_cuda else "CPU")
+                 len(train_set), len(val_set), batch, config.world_size, precision.describe())
 
         # -------------------------------------------------------------- train (resume)
         resume_from = last_checkpoint(Path(config.output_dir), sft.resume)
@@ -135,7 +140,8 @@ def main() -> None:
         eval_end = trainer.evaluate()["eval_loss"]
 
         # -------------------------------------------------------------- save (main process writes)
-        save_adapter(trainer, OUT_DIR, BASE_DIR, (), stage="sft", run_key=run_key, train_examples=len(train_set))
+        save_adapter(trainer, OUT_DIR, BASE_DIR, (), stage="sft", run_key=run_key, train_examples=len(train_set),
+                     precision=as_record(precision))
         if trainer.is_world_process_zero():
             # TRL's num_tokens counts real tokens (of all processes); the Trainer's num_input_tokens_seen
             # includes padding. A resumed run's history holds the earlier steps too: the rate is over this run's.
@@ -145,11 +151,13 @@ def main() -> None:
                        "steps": trainer.state.global_step, "resumed_from_step": resumed_at,
                        "epochs": trainer.state.epoch or 0.0, "tokens_seen": tokens, "train_runtime_s": runtime,
                        "tokens_per_s": (tokens - tokens_before) / runtime,
-                       "effective_batch_size": batch, "processes": config.world_size}
+                       "effective_batch_size": batch, "processes": config.world_size,
+                       "peak_memory_gb": peak_memory_gb(precision), **lora_change.result}
             # train() starts a fresh log history, so the pre-training eval is added back as step 0
             write_history(HISTORY_FILE, [{"step": 0, "epoch": 0.0, "eval_loss": eval_start}, *trainer.state.log_history],
                           HISTORY_COLUMNS)
             write_json(SUMMARY_FILE, summary)
+            write_provenance("sft_train", provenance(precision, processes=config.world_size), run)
             run.log_metrics({f"final_{k}": v for k, v in summary.items()})
             if params.mlflow.log_models:
                 run.log_artifacts(OUT_DIR, "adapter")

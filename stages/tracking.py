@@ -73,6 +73,9 @@ class Run:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._call("log_metrics", metrics, step=step)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._call("set_tags", {k: _short(v) for k, v in tags.items()})
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call("log_artifact", str(path), artifact_path=artifact_path)
 

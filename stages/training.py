@@ -8,47 +8,34 @@ instead of resuming someone else's.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
+from stages.errors import UserError
 from stages.modeling import write_lineage
 from stages.params import LoraParams
+from stages.precision import Precision
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_ROOT = Path("scratch/checkpoints")
 
 
-def fingerprint(*parts: Any) -> str:
-    """Short stable hash of params (dataclasses as dicts) and data records."""
-    text = json.dumps(parts, sort_keys=True, default=lambda o: getattr(o, "__dict__", str(o)))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes: part of a run key when the run starts from that file's weights."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_dir(stage: str, key: str) -> Path:
     return CHECKPOINT_ROOT / f"{stage}-{key}"
 
 
-def common_trainer_args(stage: str, run_key: str, seed: int, save_steps: int) -> dict[str, Any]:
+def common_trainer_args(stage: str, run_key: str, seed: int, save_steps: int, precision: Precision) -> dict[str, Any]:
     """TrainingArguments both TRL trainers get the same way: checkpoints, seeds, logging, precision."""
-    import torch
-
+    bf16 = precision.dtype == "bfloat16"
     return {
         "output_dir": str(checkpoint_dir(stage, run_key)),
-        "bf16": torch.cuda.is_available(),  # float32 on CPU
+        "bf16": bf16,  # autocast; the LoRA weights stay float32 (keep_lora_float32)
+        # transformers refuses bf16 without a GPU unless told the run is on the CPU on purpose
+        "use_cpu": bf16 and precision.device == "cpu",
         "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": save_steps,
@@ -62,6 +49,80 @@ def common_trainer_args(stage: str, run_key: str, seed: int, save_steps: int) ->
         "ddp_find_unused_parameters": False,
         "disable_tqdm": False,
     }
+
+
+def refuse_data_parallel(config) -> None:
+    """One process that sees several GPUs: the Trainer would wrap the model in nn.DataParallel, which
+    TRL's trainers refuse with an exception. `python -m stages.launch` (what dvc.yaml runs) pins one GPU
+    for `train.launcher: python`; a stage started by hand gets this line instead."""
+    if config.n_gpu > 1:
+        raise UserError(f"{config.n_gpu} GPUs are visible to one process: set `train.launcher: torchrun` to train "
+                        "on all of them, or run the stage through `python -m stages.launch` (one GPU), "
+                        "or set CUDA_VISIBLE_DEVICES to one GPU")
+
+
+def keep_lora_float32(trainer) -> int:
+    """Cast the trainable (LoRA) weights back to float32; returns how many tensors were cast.
+
+    On a 4-bit model TRL casts every trainable parameter to bfloat16 (the QLoRA paper's setting), so
+    the weights and their Adam moments are bf16. bf16 keeps 8 significant bits: at a lora_A entry of
+    0.02 (PEFT's init for a 2048-wide layer) one bf16 step is 2^-13 = 1.2e-4, and an Adam update of
+    about lr = 1e-5 (GRPO's rate in the tutorial) is far below half of it, so it rounds away. With
+    float32 weights the bf16 autocast still runs the matmuls in bf16. FSDP's flat parameters need one dtype per unit (the 4-bit storage's bf16) and
+    DeepSpeed keeps float32 master weights itself, so both are left as they are.
+    """
+    import torch
+
+    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+        return 0
+    cast = 0
+    for param in trainer.model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
+def lora_change_callback():
+    """A TrainerCallback measuring how far training moved the LoRA weights: `lora_A_relative_change`
+    (‖A − A₀‖ / ‖A₀‖) and `lora_B_change` (‖B − B₀‖; PEFT starts B at 0), over this process's steps.
+    The evidence that updates are not rounded away (keep_lora_float32): 0 means the adapter did not train.
+    FSDP's flat parameters carry no LoRA names, so nothing is measured there."""
+    from transformers import TrainerCallback
+
+    class LoraChange(TrainerCallback):
+        def __init__(self):
+            self.start: dict[str, Any] = {}
+            self.result: dict[str, float] = {}
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.start = {name: p.detach().float().cpu().clone() for name, p in model.named_parameters()
+                          if p.requires_grad and ("lora_A" in name or "lora_B" in name)}
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            if not self.start:
+                return
+            now = {name: p.detach().float().cpu() for name, p in model.named_parameters() if name in self.start}
+            sums = {"A": [0.0, 0.0], "B": [0.0, 0.0]}  # squared norms of the change and of the start
+            for name, start in self.start.items():
+                kind = sums["A" if "lora_A" in name else "B"]
+                kind[0] += float((now[name] - start).pow(2).sum())
+                kind[1] += float(start.pow(2).sum())
+            self.result = {"lora_A_relative_change": math.sqrt(sums["A"][0] / max(sums["A"][1], 1e-30)),
+                           "lora_B_change": math.sqrt(sums["B"][0])}
+
+    return LoraChange()
+
+
+def peak_memory_gb(precision: Precision) -> float:
+    """Peak memory of this process: CUDA memory allocated on its GPU, or its resident set on the CPU."""
+    if precision.device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def last_checkpoint(directory: Path, resume: str) -> str | None:

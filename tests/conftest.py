@@ -71,6 +71,22 @@ def embedded_tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
+def _tiny_model(out: Path, tokenizer_dir: Path, hidden: int) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, initializer_range=0.2, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, embedded_tokenizer_dir) -> Path:
     """A tiny random Llama (2 layers, hidden 32) with the embedded tokenizer, as safetensors.
@@ -78,33 +94,36 @@ def tiny_model_dir(tmp_path_factory, embedded_tokenizer_dir) -> Path:
     initializer_range 0.2: with the default 0.02 a tied random model greedily emits only newlines,
     which decode to empty answers and would make output comparisons vacuous.
     """
+    return _tiny_model(tmp_path_factory.mktemp("tiny_model"), embedded_tokenizer_dir, hidden=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_4bit_model_dir(tmp_path_factory, embedded_tokenizer_dir) -> Path:
+    """The same with hidden 64: bitsandbytes' CPU NF4 matmul needs layers at least one quantization
+    block (64 values) wide, which every real model's are (it fails on 32: `shape '[32, 0]' is invalid`)."""
+    return _tiny_model(tmp_path_factory.mktemp("tiny_4bit_model"), embedded_tokenizer_dir, hidden=64)
+
+
+def make_adapter(base_dir: Path, out_dir: Path, parents: tuple = (), lora_b_scale: float = 0.0, seed: int = 1,
+                 target_modules: tuple = ("q_proj", "v_proj"), **lineage) -> Path:
+    """A real LoRA adapter on `base_dir` with this pipeline's lineage file. Untrained (PEFT's lora_B = 0,
+    an exact no-op) by default; with `lora_b_scale` its lora_B is seeded noise of that size, so the
+    adapter changes the model the way a trained one does."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(embedded_tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True, initializer_range=0.2, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny_model")
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def make_adapter(base_dir: Path, out_dir: Path, parents: tuple = ()) -> Path:
-    """A real (untrained) LoRA adapter on `base_dir` with this pipeline's lineage file."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from stages.modeling import write_lineage
 
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=list(target_modules)))
+    if lora_b_scale:
+        generator = torch.Generator().manual_seed(seed)
+        for name, weight in peft_model.named_parameters():
+            if "lora_B" in name:
+                weight.data = torch.randn(weight.shape, generator=generator) * lora_b_scale
     peft_model.save_pretrained(out_dir)
-    write_lineage(out_dir, base_dir, parents)
+    write_lineage(out_dir, base_dir, parents, **lineage)
     return out_dir
 
 

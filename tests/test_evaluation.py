@@ -47,6 +47,24 @@ def test_eval_stage_compares_base_sft_and_grpo(tiny_project, monkeypatch):
     report = (tiny_project / "metrics" / "report.md").read_text()
     assert "| rougeL |" in report and report.count("### Example") == 3
     assert "| metric | baseline | sft | grpo |" in report
+    assert "Produced on cpu, float32, quantization none" in report
+    for name in ("baseline", "sft", "grpo"):
+        record = json.loads((tiny_project / "metrics" / "provenance" / f"{name}.json").read_text())
+        assert record["quantization"] == "none" and record["versions"]["torch"].startswith("2.")
+
+
+def test_report_says_when_models_were_evaluated_in_different_precisions():
+    from stages.report import markdown
+
+    metrics = {metric: 0.5 for metric in REPORT_METRICS}
+    row = [{"id": "a", "question": "q", "reference": "r", "prediction": "p"}]
+    results = {"baseline": metrics, "sft": metrics}
+    full = {"device": "cpu", "dtype": "float32", "quantization": "none"}
+    nf4 = {"device": "cuda (NVIDIA H200, CUDA 13.0)", "dtype": "bfloat16", "quantization": "bitsandbytes nf4"}
+    mixed = markdown(results, {"baseline": row, "sft": row}, {"baseline": full, "sft": nf4})
+    assert "different precisions, so the columns are not comparable" in mixed and "NVIDIA H200" in mixed
+    same = markdown(results, {"baseline": row, "sft": row}, {"baseline": full, "sft": full})
+    assert "not comparable" not in same and "Produced on cpu, float32" in same
 
 
 def test_eval_without_trained_models_is_one_line(tiny_project):

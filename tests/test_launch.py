@@ -72,8 +72,9 @@ def test_two_process_ddp_sft_writes_one_adapter_one_history_one_mlflow_run(tiny_
     assert result.returncode == 0, result.stderr
     outputs = [p.relative_to(tiny_project).as_posix() for p in tiny_project.rglob("*")
                if p.name in ("adapter_model.safetensors", "sft_history.csv", "sft_train.json")
-               and "checkpoints" not in p.parts]
+               and "checkpoints" not in p.parts and "provenance" not in p.parts]
     assert sorted(outputs) == ["metrics/sft_history.csv", "metrics/sft_train.json", "models/sft/adapter_model.safetensors"]
+    assert json.loads((tiny_project / "metrics/provenance/sft_train.json").read_text())["processes"] == 2
     assert not list((tiny_project / "models" / "sft").glob("*.bin"))
     (run,) = mlflow_runs(tiny_project)
     assert run.data.tags["dvc_exp_name"] == "ddp-test"

@@ -61,3 +61,35 @@ def test_the_import_walk_finds_nested_imports():
     # grpo imports these inside main(); modeling imports hub inside a function
     assert {"generation", "conversations", "training", "rewards"} <= imported_modules("grpo")
     assert "hub" in modules_run_by("python -m stages.launch grpo")
+
+
+PRECISION_PARAMS = {"model.load_in_4bit", "model.dtype"}
+
+
+def declared_params(stage: dict) -> set[str]:
+    return {p for p in stage.get("params", []) if isinstance(p, str)}
+
+
+def covers(declared: set[str], key: str) -> bool:
+    """`key` or a section above it (`model` covers `model.dtype`) is declared."""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in declared for i in range(1, len(parts) + 1))
+
+
+@pytest.mark.parametrize("stage", stages())
+def test_stages_that_load_a_model_depend_on_how_it_is_loaded(stage):
+    """A model's precision and remote code change every number a stage produces from it: a change of
+    model.load_in_4bit must rerun baseline and eval too, not leave their metrics stale."""
+    modules = modules_run_by(stage["cmd"])
+    declared = declared_params(stage)
+    if "modeling" in modules:
+        assert covers(declared, "model.trust_remote_code"), "add model.trust_remote_code to params"
+    if modules & {"evaluation", "training"}:
+        missing = sorted(k for k in PRECISION_PARAMS if not covers(declared, k))
+        assert not missing, f"add to params: {', '.join(missing)}"
+
+
+def test_baseline_and_eval_list_the_precision_params():
+    main = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("baseline", "eval", "sft", "grpo"):
+        assert PRECISION_PARAMS | {"model.trust_remote_code"} <= declared_params(main[name]), name
