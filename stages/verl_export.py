@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 from stages.errors import UserError
@@ -32,7 +31,7 @@ ADAPTER_DIR = "lora_adapter"  # where verl's model merger puts a LoRA checkpoint
 
 def run_dir(stage: str, params: tuple, inputs: list[Path]) -> Path:
     """This run's checkpoint directory: <stage>-<hash of its params and input files>."""
-    from stages.training import fingerprint
+    from stages.digests import fingerprint
 
     return CHECKPOINT_ROOT / f"{stage}-{fingerprint(*params, inputs_digest(inputs))}"
 
@@ -67,25 +66,21 @@ def checkpoint_arg(run: Path, actor: bool, known: bool) -> str:
 def merge_sft(sft_dir: Path, model: ModelParams, out_dir: Path) -> None:
     """models/base with the SFT adapter chain merged in, saved as a plain Hugging Face model.
 
-    GRPO then trains a new LoRA on top of it, as the TRL grpo stage does in memory. Full precision
-    (never 4-bit), since verl and its rollout engine load these weights as they are.
+    GRPO then trains a new LoRA on top of it, as the TRL grpo stage does. Full precision (never 4-bit),
+    since verl and its rollout engine load these weights as they are; merged in a CPU process of its
+    own (stages/merge.py), so no GPU memory is held here while verl and vLLM start.
     """
-    from transformers import AutoTokenizer
-
-    from stages.modeling import load_model, model_chain, write_lineage
+    from stages.merge import merge_in_subprocess
+    from stages.modeling import model_chain, write_lineage
+    from stages.precision import resolve
 
     if (out_dir / "config.json").is_file():
         log.info("reusing the merged SFT model in %s", out_dir)
         return
     base, adapters = model_chain(sft_dir)
-    merged, _ = load_model(base, replace(model, load_in_4bit=False), adapters)
-    partial = out_dir.with_name(out_dir.name + ".partial")  # renamed when complete: a killed run leaves no half model
-    shutil.rmtree(partial, ignore_errors=True)
-    merged.save_pretrained(partial, safe_serialization=True)
-    # From the base, not load_model's: that one is set up for left-padded batched generation.
-    AutoTokenizer.from_pretrained(base, trust_remote_code=model.trust_remote_code).save_pretrained(partial)
-    write_lineage(partial, base, adapters, merged=True)
-    partial.rename(out_dir)
+    # model.dtype: auto = bfloat16 on a CUDA machine (verl trains and rolls out in bf16), float32 on CPU
+    merge_in_subprocess(base, adapters, resolve(model).dtype, out_dir, model.trust_remote_code)
+    write_lineage(out_dir, base, adapters, merged=True)
     log.info("merged %s into %s", " + ".join(map(str, (base, *adapters))), out_dir)
 
 

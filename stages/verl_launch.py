@@ -89,6 +89,18 @@ def lora_overrides(prefix: str, lora: LoraParams) -> dict[str, Any]:
             f"{prefix}target_modules": list(lora.target_modules)}
 
 
+def attention_overrides(prefix: str, attn_implementation: str) -> dict[str, Any]:
+    """`verl.attn_implementation` for one model section (verl's HFModelConfig).
+
+    verl 0.9.1's FSDP engine has no attention setting of its own: HFModelConfig loads the Hugging
+    Face config with `override_config.attn_implementation` (flash_attention_2 when absent), and that
+    key is not in verl's config, hence the `+`. Remove-padding (packed sequences, no attention mask)
+    runs on flash-attn's kernels, so it is on only with flash_attention_2; verl defaults it to true.
+    """
+    return {f"+{prefix}override_config.attn_implementation": attn_implementation,
+            f"{prefix}use_remove_padding": attn_implementation == "flash_attention_2"}
+
+
 def sft_command(params: Params, root: Path, model_dir: Path, run_dir: Path) -> Command:
     """`torchrun -m verl.trainer.sft_trainer` on one node; `verl.trainer.sft_trainer_ray` on a Ray cluster."""
     verl, sft = params.verl, params.verl.sft
@@ -100,6 +112,7 @@ def sft_command(params: Params, root: Path, model_dir: Path, run_dir: Path) -> C
         "model.path": root / model_dir,
         "model.trust_remote_code": params.model.trust_remote_code,
         **lora_overrides("model.", params.lora),
+        **attention_overrides("model.", verl.attn_implementation),
         "optim.lr": sft.lr,
         "engine.seed": params.seed,
         "trainer.total_epochs": sft.epochs,
@@ -139,6 +152,8 @@ def grpo_command(params: Params, root: Path, model_dir: Path, run_dir: Path) -> 
         f"{model}path": root / model_dir,
         f"{model}trust_remote_code": params.model.trust_remote_code,
         **lora_overrides(model, params.lora),
+        # The actor's and the reference's engines both read this model section (GRPO has no critic).
+        **attention_overrides(model, verl.attn_implementation),
         "actor_rollout_ref.actor.optim.lr": grpo.lr,
         # One policy update per rollout batch: strictly on-policy, as TRL's GRPO stage trains.
         "actor_rollout_ref.actor.ppo_mini_batch_size": grpo.batch_size,

@@ -59,6 +59,8 @@ def test_integer_accepted_where_a_float_is_expected(tmp_path):
     ({"train.nproc_per_node": "four"}, "train.nproc_per_node: must be an integer or 'auto', got str 'four'"),
     ({"train.nproc_per_node": 0}, "train.nproc_per_node: must be >= 1 or 'auto'"),
     ({"train.nproc_per_node": 2}, "train.nproc_per_node: more than one process needs train.launcher torchrun"),
+    ({"verl.attn_implementation": "flash"},
+     "verl.attn_implementation: must be one of 'sdpa', 'flash_attention_2', 'eager', got 'flash'"),
 ])
 def test_bad_values_name_the_key(tmp_path, override, message):
     write_params(tmp_path, **override)

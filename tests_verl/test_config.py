@@ -68,6 +68,25 @@ def test_grpo_config_passes_verls_validate_config(params, verl_project, rollout,
     assert env_vars.MLFLOW_TRACKING_URI.startswith("sqlite:///")
 
 
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "flash_attention_2"])
+def test_attention_implementation_reaches_verls_model_config_and_sets_remove_padding(
+        params, verl_project, attn_implementation, compose):
+    """sdpa needs no flash-attn: remove-padding (flash-attn's packed path) is off with it, on only with
+    flash_attention_2, for the SFT model and for GRPO's actor and reference (one model section)."""
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    params = dataclasses.replace(params, verl=dataclasses.replace(params.verl, attn_implementation=attn_implementation))
+    sft = compose(sft_argv(params, verl_project))
+    grpo = compose(grpo_argv(params, verl_project, rollout="sglang"))
+    validate_config(grpo, use_reference_policy=True, use_critic=False)
+    remove_padding = attn_implementation == "flash_attention_2"
+    for section in (sft.model, grpo.actor_rollout_ref.model):
+        assert section.use_remove_padding is remove_padding
+        # What verl's FSDP engine loads the model with (HFModelConfig → AutoConfig.from_pretrained).
+        assert omega_conf_to_dataclass(section).hf_config._attn_implementation == attn_implementation
+    assert grpo.actor_rollout_ref.actor.use_remove_padding is remove_padding  # interpolated from the model's
+
+
 def test_verl_rejects_what_our_params_validation_rejects(params, verl_project, compose):
     """The divisibility rule stages.params enforces is verl's own (validate_config)."""
     from verl.utils.config import validate_config
@@ -90,6 +109,9 @@ def test_the_exact_command_line_composes_in_verls_entry_point(params, verl_proje
     printed = yaml.safe_load(result.stdout)
     logger = printed["trainer"]["logger"]
     assert logger == ["console", "mlflow"]
+    model = printed["model"] if stage == "sft" else printed["actor_rollout_ref"]["model"]
+    assert model["override_config"]["attn_implementation"] == params.verl.attn_implementation == "sdpa"
+    assert model["use_remove_padding"] is False
     if stage == "grpo":
         assert printed["algorithm"]["adv_estimator"] == "grpo"
         assert printed["reward"]["custom_reward_function"]["path"].endswith("stages/rewards.py")
