@@ -33,11 +33,20 @@ test: setup setup-verl
 bench: setup
 	$(BIN)/python -m stages.bench all
 
-# A few steps of 4-bit QLoRA SFT on CUDA with the embedded model, in scratch/gpu-smoke/; prints tokens/s.
-# Stops with one line where torch sees no CUDA device (requirements.txt pins the CPU build of torch).
-.PHONY: gpu-smoke
+# The GPU check (stages/gpu_smoke.py): 4-bit SFT, adapter retention, GRPO, bf16 generation, torchrun,
+# FSDP + resume, in scratch/gpu-smoke/ (report.json + a table), a few minutes on one GPU. Stops with one
+# line where torch sees no CUDA device: make .venv a CUDA one first (README, GPU install; `make gpu-check`).
+.PHONY: gpu-check gpu-smoke gpu-smoke-bundle
+gpu-check: setup
+	$(BIN)/python -m stages.gpu_check
+
 gpu-smoke: setup
 	$(BIN)/python -m stages.gpu_smoke
+
+# For a GPU machine without network: wheels + tokenizer in scratch/gpu-bundle/, run there with
+# `bash scratch/gpu-bundle/run.sh` (a random Qwen2.5-0.5B-shaped model; the embedded one is too big to carry).
+gpu-smoke-bundle: setup
+	$(BIN)/python -m stages.gpu_bundle
 
 # Optional verl pipeline (pipelines/verl/dvc.yaml): verl 0.9.1 pins transformers below the main
 # stack's, so it gets its own virtualenv. `make test-verl` runs its CPU tests (tests_verl/).
