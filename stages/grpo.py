@@ -5,7 +5,8 @@
     dvc exp run -S grpo.batch_size=2 -S grpo.num_generations=2 -S grpo.max_completion_length=128 \\
         -S grpo.max_steps=-1                              # the tutorial's settings
 
-The policy is models/base with the SFT adapter merged in memory, plus a new LoRA adapter. For each
+The policy is models/base with the SFT adapter merged in full precision (under 4-bit: merged in a CPU
+process, then quantized to NF4; never merged into 4-bit weights), plus a new LoRA adapter. For each
 prompt of the GRPO subset (data/processed/<source>/train_small.jsonl: the dialogue up to the last
 patient turn) it samples `grpo.num_generations` answers, scores them with stages/rewards.py, and
 pushes up the answers that beat their group's mean. How this departs from textbook GRPO: the

@@ -8,7 +8,8 @@
 Trains on data/processed/<source>/train.jsonl for `sft.sources`, validates on their val split,
 with the loss on every assistant turn only (stages/chat_data.py), in batches of similar length
 (stages/length_batching.py). LoRA on float32 on CPU; on CUDA bfloat16, and 4-bit QLoRA when
-`model.load_in_4bit` is auto/true. Writes models/sft (adapter + tokenizer + lineage.json),
+`model.load_in_4bit` is auto/true (`true`: on CPU too; stages/precision.py). The LoRA weights stay
+float32 either way (training.keep_lora_float32). Writes models/sft (adapter + tokenizer + lineage.json),
 metrics/sft_history.csv (plot) and metrics/sft_train.json.
 """
 from __future__ import annotations

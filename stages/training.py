@@ -129,17 +129,27 @@ def last_checkpoint(directory: Path, resume: str) -> str | None:
     """The newest complete checkpoint to resume from, or None to start fresh.
 
     A run killed while saving leaves a checkpoint directory without trainer_state.json (the
-    Trainer writes it last); resuming from it fails, so such directories are skipped.
+    Trainer writes it last); resuming from it fails, so such directories are skipped. A run whose
+    newest checkpoint is its last step (global_step >= max_steps: it finished, and the stage is
+    rerun with the same params and data, e.g. after a code edit) starts afresh: the Trainer resumed
+    from it takes one step past max_steps (25 of 24), silently changing the adapter; a fresh run
+    gives the finished run's result again (deterministic on CPU).
     """
     if resume != "auto" or not directory.is_dir():
         return None
     candidates = sorted((p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                         key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for candidate in candidates:
-        if (candidate / "trainer_state.json").is_file():
-            log.info("resuming from %s", candidate)
-            return str(candidate)
-        log.warning("skipping incomplete checkpoint %s (the run was stopped while saving it)", candidate)
+        state_file = candidate / "trainer_state.json"
+        if not state_file.is_file():
+            log.warning("skipping incomplete checkpoint %s (the run was stopped while saving it)", candidate)
+            continue
+        state = json.loads(state_file.read_text())
+        if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
+            log.info("%s is the end of a finished run with these params: training again from the start", candidate)
+            return None
+        log.info("resuming from %s", candidate)
+        return str(candidate)
     return None
 
 

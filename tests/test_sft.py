@@ -143,3 +143,31 @@ def test_incomplete_checkpoints_are_skipped(tmp_path):
     assert last_checkpoint(tmp_path, "auto") == str(tmp_path / "checkpoint-2")
     assert last_checkpoint(tmp_path, "never") is None
     assert last_checkpoint(tmp_path / "missing", "auto") is None
+
+
+def test_a_finished_run_is_not_resumed(tmp_path):
+    """HF's Trainer resumed from a run's last checkpoint takes one step past max_steps."""
+    from stages.training import last_checkpoint
+
+    for step in (12, 24):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(
+            json.dumps({"global_step": step, "max_steps": 24}))
+    assert last_checkpoint(tmp_path, "auto") is None
+    (tmp_path / "checkpoint-24" / "trainer_state.json").unlink()  # killed while saving the last one
+    assert last_checkpoint(tmp_path, "auto") == str(tmp_path / "checkpoint-12")
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_sft_gives_the_same_adapter_not_an_extra_step(tiny_project):
+    """`dvc repro` after a code edit reruns sft with the same params: its checkpoint dir holds the
+    finished run, and resuming from it would train step max_steps + 1."""
+    tiny_sft_params(tiny_project, **{"sft.max_steps": 2, "sft.save_steps": 1})
+    runs = []
+    for _ in range(2):
+        result = run_stage("sft", tiny_project)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads((tiny_project / "metrics" / "sft_train.json").read_text())
+        runs.append((summary["steps"], (tiny_project / "models/sft/adapter_model.safetensors").read_bytes()))
+    assert "end of a finished run" in result.stderr
+    assert runs[0] == runs[1] and runs[1][0] == 2
