@@ -115,8 +115,8 @@ def load_model(base_dir: Path, model: ModelParams, adapters: tuple[Path, ...] = 
       the new one, so all are merged before quantizing; the trainer's KL reference (its adapter disabled) is
       then that same model, the SFT policy.
 
-    Evaluating an adapter follows the precision its lineage.json records (the one it was trained in)
-    over `model.load_in_4bit`.
+    With `model.load_in_4bit: auto`, an adapter is evaluated in the precision its lineage.json records
+    (the one it was trained in); an explicit true / false is obeyed.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -171,11 +171,12 @@ def keep_nf4_trainable_on_cpu(model) -> int:
 
 
 def chain_precision(model: ModelParams, adapters: tuple[Path, ...] = (), for_training: bool = False):
-    """The Precision `load_model` uses: `model.*`, except that an adapter chain is evaluated with the
-    4-bit setting its top adapter was trained with."""
+    """The Precision `load_model` uses: `model.*`, except that with `load_in_4bit: auto` an adapter
+    chain is evaluated with the 4-bit setting its top adapter was trained with."""
     from stages.precision import resolve
 
-    return resolve(model, None if for_training or not adapters else trained_in_4bit(adapters[-1]))
+    follow_lineage = not for_training and adapters and model.load_in_4bit == "auto"
+    return resolve(model, trained_in_4bit(adapters[-1]) if follow_lineage else None)
 
 
 def trained_in_4bit(adapter: Path) -> bool | None:

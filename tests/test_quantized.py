@@ -84,13 +84,15 @@ def test_evaluation_follows_the_precision_the_adapter_was_trained_in(chain, tmp_
     from stages.modeling import chain_precision, trained_in_4bit
 
     base, _, _ = chain
+    auto = ModelParams(name="unused")  # on this CPU: float32
     monkeypatch.chdir(tmp_path)
     trained = make_adapter(base, tmp_path / "q", precision={"device": "cpu", "dtype": "float32", "load_in_4bit": True})
     assert trained_in_4bit(trained) is True
-    assert chain_precision(FULL, (trained,)).load_in_4bit  # params say full precision; the adapter wins
-    assert not chain_precision(FULL, (trained,), for_training=True).load_in_4bit  # training: params decide
+    assert chain_precision(auto, (trained,)).load_in_4bit  # auto: the precision it was trained in
+    assert not chain_precision(FULL, (trained,)).load_in_4bit  # an explicit choice is obeyed
+    assert not chain_precision(auto, (trained,), for_training=True).load_in_4bit  # training: params decide
     unrecorded = make_adapter(base, tmp_path / "old")
-    assert trained_in_4bit(unrecorded) is None and not chain_precision(FULL, (unrecorded,)).load_in_4bit
+    assert trained_in_4bit(unrecorded) is None and not chain_precision(auto, (unrecorded,)).load_in_4bit
 
 
 def qlora_trainer(model_dir: Path, out: Path, lr: float = 1e-5, steps: int = 3):
