@@ -76,17 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.gpu_bundle", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
-    from transformers import AutoTokenizer
-
-    from stages.gpu_smoke import EMBEDDED
-    from stages.modeling import resolve_gguf
+    from stages.gpu_smoke import embedded_tokenizer
 
     shutil.rmtree(args.out, ignore_errors=True)
     wheels = args.out / "wheels"
     pip("download", "--no-deps", "--only-binary=:all:", *TARGET, "-d", str(wheels), *pinned(WHEELS))
     pip("wheel", "--no-deps", "-w", str(wheels), *pinned(SDISTS))
-    gguf = resolve_gguf(EMBEDDED)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(args.out / "tokenizer")
+    embedded_tokenizer(args.out / "tokenizer")
     (args.out / "run.sh").write_text(RUN_SH)
     (args.out / "run.sh").chmod(0o755)
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file()) / 2**20

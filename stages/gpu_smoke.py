@@ -24,6 +24,7 @@ test in tests/test_gpu_smoke.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -35,7 +36,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from stages import cli
 from stages.errors import UserError
@@ -59,7 +60,7 @@ BASE_OVERRIDES = {
     "sft.save_steps": 1000,
     "sft.resume": "never",
     "grpo.max_steps": 3,
-    "grpo.lr": 1.0e-5,           # the tutorial's GRPO rate: the one bf16 LoRA weights would round away
+    "grpo.lr": 1.0e-5,           # the README's GPU rate for GRPO: the one bf16 LoRA weights would round away
     "grpo.save_steps": 1000,
     "grpo.resume": "never",
     "grpo.max_completion_length": 32,
@@ -108,7 +109,7 @@ def build_base(base: str, tokenizer_dir: Path | None) -> None:
         import torch
         from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or embedded_tokenizer())
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or embedded_tokenizer(SCRATCH / "tokenizer"))
         # Qwen2.5-0.5B-Instruct's shape with the embedded tokenizer's vocabulary: random weights of a
         # realistic size (the 0.5B model's weights cannot be fetched offline), so throughput and memory are real
         config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -125,15 +126,32 @@ def build_base(base: str, tokenizer_dir: Path | None) -> None:
     shutil.copytree(base, target)
 
 
-def embedded_tokenizer() -> Path:
+def embedded_tokenizer(out: Path) -> Path:
+    """The embedded model's tokenizer files (read from its GGUF) saved in `out`."""
     from transformers import AutoTokenizer
 
     from stages.modeling import resolve_gguf
 
     gguf = resolve_gguf(EMBEDDED)
-    out = SCRATCH / "tokenizer"
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
     return out
+
+
+@contextlib.contextmanager
+def in_workspace() -> Iterator[None]:
+    """Run in-process code from the workspace, where adapters' lineage names models/base."""
+    cwd = Path.cwd()
+    os.chdir(SCRATCH)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+
+
+def sample_conversations(params, count: int) -> list[dict]:
+    from stages.evaluation import select, test_conversations
+
+    return select(test_conversations(list(params.data.sources)), count, params.seed)
 
 
 def read_json(relative: str) -> dict:
@@ -177,17 +195,11 @@ def sft_run(overrides: dict[str, Any]) -> dict:
 
 
 def check_adapter_retention() -> dict:
-    from stages.evaluation import select, test_conversations
     from stages.retention import retention
 
-    cwd = Path.cwd()
-    os.chdir(SCRATCH)  # the adapter's lineage names models/base relative to the workspace
-    try:
+    with in_workspace():
         params = load_params()
-        conversations = select(test_conversations(list(params.data.sources)), 8, params.seed)
-        figures = retention(Path("models/sft"), conversations, params.model)
-    finally:
-        os.chdir(cwd)
+        figures = retention(Path("models/sft"), sample_conversations(params, 8), params.model)
     ok = all(math.isfinite(v) for v in figures.values()) and figures["chain_rule"] < figures["merge_into_4bit"]
     return {"ok": ok, **figures}
 
@@ -205,19 +217,15 @@ def check_grpo_4bit() -> dict:
 def check_generation_bf16() -> dict:
     import torch
 
-    from stages.evaluation import select, test_conversations
     from stages.generation import generate, prompt_messages, stop_token_ids
     from stages.modeling import load_model
     from stages.params import GenerationParams
 
-    cwd = Path.cwd()
-    os.chdir(SCRATCH)
-    try:
+    with in_workspace():
         params = load_params()
         bf16 = replace(params.model, load_in_4bit=False, dtype="bfloat16")
         model, tokenizer = load_model(Path("models/base"), bf16, (Path("models/sft"),))
-        prompts = [prompt_messages(c["messages"])
-                   for c in select(test_conversations(list(params.data.sources)), 16, params.seed)]
+        prompts = [prompt_messages(c["messages"]) for c in sample_conversations(params, 16)]
         generation = GenerationParams(max_new_tokens=64, batch_size=16)
         with torch.inference_mode():
             ids = tokenizer.apply_chat_template(prompts[0], add_generation_prompt=True, return_tensors="pt",
@@ -226,8 +234,6 @@ def check_generation_bf16() -> dict:
         started = time.perf_counter()
         answers = generate(model, tokenizer, prompts, generation, progress=False)
         seconds = time.perf_counter() - started
-    finally:
-        os.chdir(cwd)
     lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
     stop_text = [tokenizer.decode([i]) for i in stop_token_ids(tokenizer, model.generation_config)]
     leaked = sum(any(t and t in a for t in stop_text) for a in answers)
@@ -263,7 +269,8 @@ def check_fsdp_1proc_resume() -> dict:
 
 # --- the run ------------------------------------------------------------------------------------
 
-def run_checks(names: list[str], report: dict[str, dict]) -> dict[str, dict]:
+def run_checks(names: list[str], report: dict[str, dict]) -> None:
+    """Run each check in turn, adding its result to `report` (written after each: a kill keeps what ran)."""
     steps: dict[str, Callable[[], dict]] = {
         "sft_4bit": lambda: sft_run({}),
         "adapter_retention": check_adapter_retention,
@@ -283,8 +290,7 @@ def run_checks(names: list[str], report: dict[str, dict]) -> dict[str, dict]:
             log.exception("gpu-smoke: %s", name)
             report[name] = {"ok": False, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
         report[name]["seconds"] = round(time.perf_counter() - started, 1)
-        REPORT.write_text(json.dumps(report, indent=2, default=str) + "\n")  # a kill keeps what ran
-    return report
+        REPORT.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
 def table(report: dict[str, dict]) -> str:
@@ -315,7 +321,6 @@ def main(argv: list[str] | None = None) -> None:
     report["probe"]["seconds"] = round(time.perf_counter() - started, 1)
     shutil.rmtree(SCRATCH, ignore_errors=True)  # a fresh run each time: the folder holds nothing but this check
     SCRATCH.mkdir(parents=True)
-    write_params(SCRATCH / PARAMS_FILE.name, BASE_OVERRIDES)
     for name in ("download", "process"):
         stage(name)
     build_base(args.base, args.tokenizer)

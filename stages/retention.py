@@ -81,15 +81,14 @@ def retention(adapter: Path, conversations: list[dict], model_params) -> dict[st
         return model, None
 
     reference = measure(lambda: load_model(base, full, adapters))
-    figures = {
+    base_nf4 = measure(lambda: load_model(base, nf4))
+    return {
         "chain_rule": mean_kl(reference, measure(lambda: load_model(base, nf4, adapters))),
         "grpo_start": mean_kl(reference, measure(lambda: load_model(base, nf4, adapters, for_training=True))),
         "merge_into_4bit": mean_kl(reference, measure(merged_into_4bit)),
-        "bare_4bit_base": mean_kl(reference, measure(lambda: load_model(base, nf4))),
+        "bare_4bit_base": mean_kl(reference, base_nf4),
+        "quantization_only": mean_kl(measure(lambda: load_model(base, full)), base_nf4),
     }
-    base_full = measure(lambda: load_model(base, full))
-    figures["quantization_only"] = mean_kl(base_full, measure(lambda: load_model(base, nf4)))
-    return figures
 
 
 def main(argv: list[str] | None = None) -> None:

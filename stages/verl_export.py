@@ -71,10 +71,11 @@ def merge_sft(sft_dir: Path, model: ModelParams, out_dir: Path) -> None:
     own (stages/merge.py), so no GPU memory is held here while verl and vLLM start.
     """
     from stages.merge import merge_in_subprocess
-    from stages.modeling import model_chain, write_lineage
+    from stages.modeling import LINEAGE_FILE, model_chain, write_lineage
     from stages.precision import resolve
 
-    if (out_dir / "config.json").is_file():
+    # lineage.json is written last: a merge killed before it is redone (merge_chain replaces out_dir)
+    if (out_dir / LINEAGE_FILE).is_file():
         log.info("reusing the merged SFT model in %s", out_dir)
         return
     base, adapters = model_chain(sft_dir)

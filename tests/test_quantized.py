@@ -18,18 +18,6 @@ NF4 = ModelParams(name="unused", load_in_4bit=True)
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def log_probs(model, tokenizer) -> torch.Tensor:
-    ids = tokenizer("A patient has had a headache and a fever for two days and asks what to do. " * 3,
-                    return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        return torch.log_softmax(model(ids).logits.float(), dim=-1)
-
-
-def mean_kl(reference: torch.Tensor, other: torch.Tensor) -> float:
-    """Mean per-token KL(reference || other)."""
-    return (reference.exp() * (reference - other)).sum(-1).mean().item()
-
-
 @pytest.fixture(scope="module")
 def chain(tiny_4bit_model_dir, tmp_path_factory):
     """A tiny base and an SFT-like adapter that changes it (seeded random lora_B on every linear)."""
@@ -52,29 +40,21 @@ def test_4bit_loads_nf4_on_cpu_not_a_float32_fallback(tiny_4bit_model_dir):
 
 def test_chain_rule_keeps_the_adapter_under_4bit_and_merging_into_nf4_loses_it(chain, monkeypatch):
     """The model GRPO starts from (and evaluation scores) is the SFT model up to the quantization error;
-    the old way, merging the adapter into NF4 weights, is measurably further away."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from stages.modeling import load_model
-    from stages.precision import load_kwargs, resolve
+    the old way, merging the adapter into NF4 weights, is measurably further away. Measured by
+    stages.retention, the same code as the README's KL table and the GPU check."""
+    from stages.retention import retention
 
     base, sft, work = chain
     monkeypatch.chdir(work)  # scratch/merged/ is made here
-    sft_full, tokenizer = load_model(base, FULL, (sft,))
-    reference = log_probs(sft_full, tokenizer)
-    quantization_error = mean_kl(log_probs(load_model(base, FULL)[0], tokenizer),
-                                 log_probs(load_model(base, NF4)[0], tokenizer))
-    bare_base = mean_kl(reference, log_probs(load_model(base, NF4)[0], tokenizer))
-    grpo_start = mean_kl(reference, log_probs(load_model(base, NF4, (sft,), for_training=True)[0], tokenizer))
-    evaluated = mean_kl(reference, log_probs(load_model(base, NF4, (sft,))[0], tokenizer))
-    old = AutoModelForCausalLM.from_pretrained(base, **load_kwargs(resolve(NF4)))
-    merged_into_nf4 = mean_kl(reference, log_probs(PeftModel.from_pretrained(old, str(sft)).merge_and_unload(),
-                                                   tokenizer))
+    dialogue = {"messages": [
+        {"role": "user", "content": "I have had a headache and a fever for two days. What should I do?"},
+        {"role": "assistant", "content": "Rest, drink fluids and see a doctor if the fever lasts or gets worse."}]}
+    figures = retention(sft, [dialogue], FULL)
+    quantization_error = figures["quantization_only"]
     bound = 1.25 * quantization_error
-    assert bare_base > 2 * quantization_error  # the adapter matters: without it the model is far away
-    assert grpo_start < bound and evaluated < bound, (grpo_start, evaluated, quantization_error)
-    assert merged_into_nf4 > bound, (merged_into_nf4, quantization_error)
+    assert figures["bare_4bit_base"] > 2 * quantization_error  # the adapter matters: without it the model is far away
+    assert figures["grpo_start"] < bound and figures["chain_rule"] < bound, figures
+    assert figures["merge_into_4bit"] > bound, figures
     # the full-precision merge was made once, in its own process, and is reused
     (merged,) = [p for p in (work / "scratch" / "merged").iterdir() if p.is_dir()]
     assert (merged / "merge.json").is_file() and (merged / "model.safetensors").is_file()
