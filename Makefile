@@ -13,40 +13,40 @@ $(STAMP): requirements.txt requirements-embedded.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-embedded.txt
-	$(BIN)/python -m stages.plots_template
+	$(BIN)/python -m tools.plots_template
 	touch $@
 
 # Stage commands call `python`: put the virtualenv first on PATH so they get its interpreter.
 # check_metrics: `dvc metrics diff` would skip a missing or unreadable metrics file without a word.
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	$(BIN)/python -m stages.check_metrics
+	$(BIN)/python -m tools.check_metrics
 
 # The main suite, then verl's CPU tests in verl's own virtualenv (see below).
 test: setup setup-verl
 	$(BIN)/python -m pytest
 	$(VERL_VENV)/bin/python -m pytest tests_verl
 
-# Every benchmark (stages/bench.py) on this machine, merged into metrics/bench.json and printed as a table;
+# Every benchmark (tools/bench.py) on this machine, merged into metrics/bench.json and printed as a table;
 # needs the pipeline's outputs (`make repro`) and takes about half an hour, a from-scratch `dvc repro` included.
 .PHONY: bench
 bench: setup
-	$(BIN)/python -m stages.bench all
+	$(BIN)/python -m tools.bench all
 
-# The GPU check (stages/gpu_smoke.py): 4-bit SFT, adapter retention, GRPO, bf16 generation, torchrun,
+# The GPU check (tools/gpu_smoke.py): 4-bit SFT, adapter retention, GRPO, bf16 generation, torchrun,
 # FSDP + resume, in scratch/gpu-smoke/ (report.json + a table), a few minutes on one GPU. Stops with one
 # line where torch sees no CUDA device: make .venv a CUDA one first (README, GPU install; `make gpu-check`).
 .PHONY: gpu-check gpu-smoke gpu-smoke-bundle
 gpu-check: setup
-	$(BIN)/python -m stages.gpu_check
+	$(BIN)/python -m tools.gpu_check
 
 gpu-smoke: setup
-	$(BIN)/python -m stages.gpu_smoke
+	$(BIN)/python -m tools.gpu_smoke
 
 # For a GPU machine without network: wheels + tokenizer in scratch/gpu-bundle/, run there with
 # `bash scratch/gpu-bundle/run.sh` (a random Qwen2.5-0.5B-shaped model; the embedded one is too big to carry).
 gpu-smoke-bundle: setup
-	$(BIN)/python -m stages.gpu_bundle
+	$(BIN)/python -m tools.gpu_bundle
 
 # Optional verl pipeline (pipelines/verl/dvc.yaml): verl 0.9.1 pins transformers below the main
 # stack's, so it gets its own virtualenv. `make test-verl` runs its CPU tests (tests_verl/).

@@ -1,1 +1,4 @@
-"""MedDialog pipeline stages: one module per DVC stage, plus small shared modules."""
+"""The DVC stage entry points, one module per stage of dvc.yaml (`python -m stages.<name>`).
+
+Each reads top to bottom like its step of the tutorial; the work is done by the `meddialog` library.
+"""

@@ -12,9 +12,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from stages import cli
-from stages.modeling import load_source_model, save_base
-from stages.params import load_params
+from meddialog import cli
+from meddialog.modeling.loading import load_source_model, save_base
+from meddialog.params import load_params
 
 log = logging.getLogger("base_model")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages import cli
-from stages.evaluation import evaluate_model, select, test_conversations
-from stages.params import load_params
-from stages.scoring import Embedder
+from meddialog import cli
+from meddialog.evaluation.evaluate import evaluate_model, select, test_conversations
+from meddialog.params import load_params
+from meddialog.evaluation.scoring import Embedder
 
 BASE_DIR = Path("models/base")
 

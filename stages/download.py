@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from stages import cli
-from stages.datasources import read_source
-from stages.params import load_params
+from meddialog import cli
+from meddialog.data.sources import read_source
+from meddialog.params import load_params
 
 log = logging.getLogger("download")
 

@@ -14,12 +14,12 @@ import json
 import logging
 from pathlib import Path
 
-from stages import cli
-from stages.errors import UserError
-from stages.evaluation import METRICS_DIR, evaluate_model, select, test_conversations
-from stages.params import load_params
-from stages.report import comparison, comparison_plot_csv, markdown, read_provenance, read_results
-from stages.scoring import Embedder
+from meddialog import cli
+from meddialog.errors import UserError
+from meddialog.evaluation.evaluate import METRICS_DIR, evaluate_model, select, test_conversations
+from meddialog.params import load_params
+from meddialog.evaluation.report import comparison, comparison_plot_csv, markdown, read_provenance, read_results
+from meddialog.evaluation.scoring import Embedder
 
 log = logging.getLogger("eval")
 

@@ -1,6 +1,6 @@
 """Stage 5 (tutorial step 6): GRPO with TRL's GRPOTrainer on top of the SFT model.
 
-    python -m stages.grpo                                 # one process; `dvc repro grpo` runs it via stages.launch
+    python -m stages.grpo                                 # one process; `dvc repro grpo` runs it via meddialog.training.launch
     dvc exp run -S grpo.num_generations=8 -S grpo.lr=5e-5
     dvc exp run -S grpo.batch_size=2 -S grpo.num_generations=2 -S grpo.max_completion_length=128 \\
         -S grpo.max_steps=-1                              # the tutorial's settings
@@ -8,7 +8,7 @@
 The policy is models/base with the SFT adapter merged in full precision (under 4-bit: merged in a CPU
 process, then quantized to NF4; never merged into 4-bit weights), plus a new LoRA adapter. For each
 prompt of the GRPO subset (data/processed/<source>/train_small.jsonl: the dialogue up to the last
-patient turn) it samples `grpo.num_generations` answers, scores them with stages/rewards.py, and
+patient turn) it samples `grpo.num_generations` answers, scores them with meddialog/training/rewards.py, and
 pushes up the answers that beat their group's mean. How this departs from textbook GRPO: the
 reference policy for the KL term (`grpo.beta`) is the merged SFT model (the adapter disabled),
 not a separate copy; and rewards are rule-based, scored against the dataset's reference answer.
@@ -25,8 +25,8 @@ import statistics
 import time
 from pathlib import Path
 
-from stages import cli
-from stages.params import load_params
+from meddialog import cli
+from meddialog.params import load_params
 
 log = logging.getLogger("grpo")
 
@@ -41,8 +41,8 @@ ZERO_STD_WARNING = 0.5
 
 def prompt_rows(records: list[dict]) -> list[dict]:
     """GRPO rows: `prompt` (chat up to the last patient turn), `reference` and `question` columns."""
-    from stages.conversations import question_of
-    from stages.generation import prompt_messages
+    from meddialog.data.conversations import question_of
+    from meddialog.modeling.generation import prompt_messages
 
     return [{"prompt": prompt_messages(r["messages"]), "reference": r["messages"][-1]["content"],
              "question": question_of(r["messages"])} for r in records]
@@ -62,14 +62,14 @@ def main() -> None:
     from transformers import TrainerCallback, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    from stages.errors import UserError
-    from stages.modeling import load_model
-    from stages.precision import as_record, provenance, resolve, write_provenance
-    from stages.rewards import COMPONENTS, reward_functions
-    from stages.tracking import flatten, start_run
-    from stages.dataset import read_split
-    from stages.digests import file_digest, fingerprint
-    from stages.training import (common_trainer_args, effective_batch_size, keep_lora_float32, last_checkpoint,
+    from meddialog.errors import UserError
+    from meddialog.modeling.loading import load_model
+    from meddialog.modeling.precision import as_record, provenance, resolve, write_provenance
+    from meddialog.training.rewards import COMPONENTS, reward_functions
+    from meddialog.tracking import flatten, start_run
+    from meddialog.data.dataset import read_split
+    from meddialog.digests import file_digest, fingerprint
+    from meddialog.training.trainer import (common_trainer_args, effective_batch_size, keep_lora_float32, last_checkpoint,
                                  lora_change_callback, lora_config, mlflow_callback, peak_memory_gb, refuse_data_parallel,
                                  save_adapter, steps_done, write_history, write_json)
 

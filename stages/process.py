@@ -14,12 +14,12 @@ import logging
 import shutil
 from pathlib import Path
 
-from stages import cli
-from stages.dataset import (PROCESSED_DIR, SPLITS, SourceReport, drop_duplicates, parse_records, seeded_subset,
+from meddialog import cli
+from meddialog.data.dataset import (PROCESSED_DIR, SPLITS, SourceReport, drop_duplicates, parse_records, seeded_subset,
                             split_records)
-from stages.errors import UserError
-from stages.params import load_params
-from stages.verl_data import write_verl_parquet
+from meddialog.errors import UserError
+from meddialog.params import load_params
+from meddialog.verl.data import write_verl_parquet
 
 log = logging.getLogger("process")
 

@@ -1,14 +1,14 @@
 """Stage 4 (tutorial step 4): supervised fine-tuning with TRL's SFTTrainer and a LoRA adapter.
 
-    python -m stages.sft                                  # one process; `dvc repro sft` runs it via stages.launch
+    python -m stages.sft                                  # one process; `dvc repro sft` runs it via meddialog.training.launch
     dvc exp run -S sft.lr=1e-4 -S sft.epochs=2           # an experiment
     dvc exp run -S model.name=Qwen/Qwen2.5-3B-Instruct -S sft.epochs=3 -S sft.batch_size=4 \\
         -S sft.max_steps=-1 -S sft.max_samples=0         # the tutorial's GPU recipe (4-bit QLoRA on CUDA)
 
 Trains on data/processed/<source>/train.jsonl for `sft.sources`, validates on their val split,
-with the loss on every assistant turn only (stages/chat_data.py), in batches of similar length
-(stages/length_batching.py). LoRA on float32 on CPU; on CUDA bfloat16, and 4-bit QLoRA when
-`model.load_in_4bit` is auto/true (`true`: on CPU too; stages/precision.py). The LoRA weights stay
+with the loss on every assistant turn only (meddialog/training/chat_data.py), in batches of similar length
+(meddialog/training/length_batching.py). LoRA on float32 on CPU; on CUDA bfloat16, and 4-bit QLoRA when
+`model.load_in_4bit` is auto/true (`true`: on CPU too; meddialog/modeling/precision.py). The LoRA weights stay
 float32 either way (training.keep_lora_float32). Writes models/sft (adapter + tokenizer + lineage.json),
 metrics/sft_history.csv (plot) and metrics/sft_train.json.
 """
@@ -19,8 +19,8 @@ import random
 import time
 from pathlib import Path
 
-from stages import cli
-from stages.params import load_params
+from meddialog import cli
+from meddialog.params import load_params
 
 log = logging.getLogger("sft")
 
@@ -35,7 +35,7 @@ def build_dataset(tokenizer, records: list[dict], max_length: int):
     """Tokenised examples with assistant masks; drops (and counts) any left with no assistant token."""
     from datasets import Dataset
 
-    from stages.chat_data import tokenize_conversation
+    from meddialog.training.chat_data import tokenize_conversation
 
     rows = [tokenize_conversation(tokenizer, r["messages"], max_length) for r in records]
     kept = [r for r in rows if any(r["assistant_masks"])]
@@ -50,7 +50,7 @@ def make_trainer(length_window: int, **trainer_args):
     seed (unless packing, where every row is already full)."""
     from trl import SFTTrainer
 
-    from stages.length_batching import LengthWindowSampler
+    from meddialog.training.length_batching import LengthWindowSampler
 
     class LengthWindowSFTTrainer(SFTTrainer):
         def _get_train_sampler(self, train_dataset=None):
@@ -71,12 +71,12 @@ def main() -> None:
     from transformers import set_seed
     from trl import SFTConfig
 
-    from stages.modeling import load_model
-    from stages.precision import as_record, provenance, resolve, write_provenance
-    from stages.tracking import flatten, start_run
-    from stages.dataset import read_split
-    from stages.digests import fingerprint
-    from stages.training import (common_trainer_args, effective_batch_size, keep_lora_float32, last_checkpoint,
+    from meddialog.modeling.loading import load_model
+    from meddialog.modeling.precision import as_record, provenance, resolve, write_provenance
+    from meddialog.tracking import flatten, start_run
+    from meddialog.data.dataset import read_split
+    from meddialog.digests import fingerprint
+    from meddialog.training.trainer import (common_trainer_args, effective_batch_size, keep_lora_float32, last_checkpoint,
                                  lora_change_callback, lora_config, mlflow_callback, peak_memory_gb, refuse_data_parallel,
                                  save_adapter, steps_done, write_history, write_json)
 

@@ -9,9 +9,9 @@ data/verl/rl_{train,val}.parquet. The policy starts from models/base with the SF
 (models/sft) merged in, and trains a new LoRA adapter on top, as the TRL grpo stage does. For each
 prompt the rollout engine (vLLM, SGLang or TensorRT-LLM: `verl.grpo.rollout`) samples
 `verl.grpo.num_generations` answers; verl's reward manager scores each with our
-`stages.rewards.compute_score` (weights in `grpo.rewards`), so verl and TRL optimise the same
+`meddialog.training.rewards.compute_score` (weights in `grpo.rewards`), so verl and TRL optimise the same
 reward. KL is a loss term against the starting policy (`verl.grpo.beta`), not a reward penalty.
-verl's model merger then exports the last checkpoint to models/verl/grpo (stages/verl_export.py).
+verl's model merger then exports the last checkpoint to models/verl/grpo (meddialog/verl/export.py).
 Needs CUDA GPUs, verl's environment (`make setup-verl`) and the rollout engine (README).
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from stages import cli
-from stages.params import load_params
+from meddialog import cli
+from meddialog.params import load_params
 
 log = logging.getLogger("verl_grpo")
 
@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     dry_run = parse_args(argv).dry_run
     params = load_params()
 
-    from stages.errors import UserError
-    from stages.verl_export import checkpoint_arg, export, merge_sft, run_dir
-    from stages.verl_launch import DATA_DIR, export_command, grpo_command, run
+    from meddialog.errors import UserError
+    from meddialog.verl.export import checkpoint_arg, export, merge_sft, run_dir
+    from meddialog.verl.launch import DATA_DIR, export_command, grpo_command, run
 
     root = Path.cwd()
     data = [DATA_DIR / "rl_train.parquet", DATA_DIR / "rl_val.parquet"]
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     init_dir = run_path / "init"
     train = grpo_command(params, root, init_dir, run_path)
     if dry_run:
-        print(f"# {BASE_DIR} + {SFT_DIR} merged into {root / init_dir} (stages.verl_export.merge_sft)")
+        print(f"# {BASE_DIR} + {SFT_DIR} merged into {root / init_dir} (meddialog.verl.export.merge_sft)")
         print(train.shell())
         print(export_command(params, root, checkpoint_arg(root / run_path, actor=True, known=False), OUT_DIR).shell())
         print(f"# then {OUT_DIR}/lora_adapter: lora_alpha {params.lora.alpha} (lora.alpha) and lineage.json")
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     run(train, "verl GRPO")
     adapter = export(params, root, run_path, actor=True, target=OUT_DIR,
                      started_from={"base_model": str(BASE_DIR), "adapters": [str(SFT_DIR)]})
-    log.info("wrote %s (evaluate: python -m stages.evaluate --model-path %s ...)", adapter, adapter)
+    log.info("wrote %s (evaluate: python -m tools.evaluate --model-path %s ...)", adapter, adapter)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -8,7 +8,7 @@ verl's SFT trainer on data/verl/sft_{train,val}.parquet (whole dialogues; verl's
 puts the loss on every assistant turn), from models/base, with a LoRA adapter (`lora` params).
 One node: `torchrun -m verl.trainer.sft_trainer`; several (`verl.nnodes` > 1):
 `verl.trainer.sft_trainer_ray` on a Ray cluster. verl's model merger then exports the last
-checkpoint to models/verl/sft (stages/verl_export.py). Needs CUDA GPUs and verl's environment
+checkpoint to models/verl/sft (meddialog/verl/export.py). Needs CUDA GPUs and verl's environment
 (`make setup-verl`); losses go to MLflow (experiment `mlflow.experiment`, run `verl_sft`).
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from stages import cli
-from stages.params import load_params
+from meddialog import cli
+from meddialog.params import load_params
 
 log = logging.getLogger("verl_sft")
 
@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     dry_run = parse_args(argv).dry_run
     params = load_params()
 
-    from stages.errors import UserError
-    from stages.verl_export import checkpoint_arg, export, run_dir
-    from stages.verl_launch import DATA_DIR, export_command, run, sft_command
+    from meddialog.errors import UserError
+    from meddialog.verl.export import checkpoint_arg, export, run_dir
+    from meddialog.verl.launch import DATA_DIR, export_command, run, sft_command
 
     root = Path.cwd()
     data = [DATA_DIR / "sft_train.parquet", DATA_DIR / "sft_val.parquet"]
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"missing {', '.join(missing)}: run the main pipeline first (`dvc repro process base_model`)")
     run(train, "verl SFT")
     adapter = export(params, root, run_path, actor=False, target=OUT_DIR, started_from={"base_model": str(BASE_DIR)})
-    log.info("wrote %s (evaluate: python -m stages.evaluate --model-path %s ...)", adapter, adapter)
+    log.info("wrote %s (evaluate: python -m tools.evaluate --model-path %s ...)", adapter, adapter)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

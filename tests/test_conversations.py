@@ -1,6 +1,6 @@
 import pytest
 
-from stages.conversations import Dropped, clean_text, to_turns
+from meddialog.data.conversations import Dropped, clean_text, to_turns
 
 
 def roles(turns):

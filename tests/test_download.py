@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from stages.datasources import subset_indices
+from meddialog.data.sources import subset_indices
 from tests.conftest import read_jsonl, run_stage, write_params
 
 RECORDS = [{"instruction": "Answer this question truthfully", "input": f"Question {i}?", "output": f"Answer {i}."}

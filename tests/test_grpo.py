@@ -36,7 +36,7 @@ def test_two_step_grpo_run_writes_adapter_and_history(tiny_project, monkeypatch)
     assert run.data.tags["stage"] == "grpo" and run.data.tags["dvc_exp_name"] == "grpo-test"
     assert "rewards_similarity_mean" in run.data.metrics and "reward_std" in run.data.metrics
     # the evaluator rebuilds base + sft + grpo from the lineage chain
-    evaluated = run_stage("evaluate", tiny_project, "--model-path", "models/grpo", "--test-data",
+    evaluated = run_stage("tools.evaluate", tiny_project, "--model-path", "models/grpo", "--test-data",
                           "data/processed/dialogues/test.jsonl", "--num-samples", "2", "--max-new-tokens", "4")
     assert evaluated.returncode == 0, evaluated.stderr
 

@@ -1,4 +1,4 @@
-"""Launching sft / grpo (stages/launch.py): the command each launcher runs, the refusals, the accelerate
+"""Launching sft / grpo (meddialog/training/launch.py): the command each launcher runs, the refusals, the accelerate
 configs, and a real two-process DDP run of the sft stage on CPU (torchrun, gloo)."""
 import csv
 import importlib.util
@@ -17,7 +17,7 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behav
 
 def dry_run(project, stage, **train):
     write_params(project, **{f"train.{k}": v for k, v in train.items()})
-    result = run_stage("launch", project, stage, "--dry-run")
+    result = run_stage("meddialog.training.launch", project, stage, "--dry-run")
     assert result.returncode == 0, result.stderr
     return shlex.split(result.stdout)
 
@@ -40,7 +40,7 @@ def test_auto_process_count_is_one_without_gpus(project):
 
 def test_unknown_accelerate_config_is_one_line_with_the_valid_names(project):
     write_params(project, **{"train.launcher": "accelerate", "train.accelerate_config": "zero-3"})
-    result = run_stage("launch", project, "sft")
+    result = run_stage("meddialog.training.launch", project, "sft")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert ("train.accelerate_config: must be one of 'ddp', 'zero2', 'zero3', 'fsdp', got 'zero-3'; "
             "did you mean 'zero3'?") in result.stderr
@@ -50,7 +50,7 @@ def test_unknown_accelerate_config_is_one_line_with_the_valid_names(project):
 def test_deepspeed_config_without_deepspeed_says_what_to_install(project):
     write_params(project, **{"train.launcher": "accelerate", "train.accelerate_config": "zero2"})
     (project / "configs").symlink_to(REPO / "configs")
-    result = run_stage("launch", project, "sft")
+    result = run_stage("meddialog.training.launch", project, "sft")
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "pip install deepspeed==0.19.8" in result.stderr and "Traceback" not in result.stderr
 
@@ -68,7 +68,7 @@ def test_accelerate_configs_load_and_leave_gpus_and_process_count_to_the_user(na
 @pytest.mark.slow
 def test_two_process_ddp_sft_writes_one_adapter_one_history_one_mlflow_run(tiny_project):
     tiny_sft_params(tiny_project, **{"sft.grad_accum": 2, "train.launcher": "torchrun", "train.nproc_per_node": 2})
-    result = run_stage("launch", tiny_project, "sft", env={"DVC_EXP_NAME": "ddp-test"})
+    result = run_stage("meddialog.training.launch", tiny_project, "sft", env={"DVC_EXP_NAME": "ddp-test"})
     assert result.returncode == 0, result.stderr
     outputs = [p.relative_to(tiny_project).as_posix() for p in tiny_project.rglob("*")
                if p.name in ("adapter_model.safetensors", "sft_history.csv", "sft_train.json")
@@ -93,7 +93,7 @@ def test_two_process_ddp_grpo_writes_one_adapter_and_one_mlflow_run(tiny_project
     write_params(tiny_project, **{"grpo.max_steps": 2, "grpo.batch_size": 2, "grpo.num_generations": 2,
                                   "grpo.max_completion_length": 8, "lora.r": 2, "lora.alpha": 4,
                                   "train.launcher": "torchrun", "train.nproc_per_node": 2})
-    result = run_stage("launch", tiny_project, "grpo")
+    result = run_stage("meddialog.training.launch", tiny_project, "grpo")
     assert result.returncode == 0, result.stderr
     assert [p.parent.name for p in tiny_project.rglob("adapter_model.safetensors") if "checkpoints" not in p.parts
             and p.parent.name != "sft"] == ["grpo"]
@@ -105,7 +105,7 @@ def test_two_process_ddp_grpo_writes_one_adapter_and_one_mlflow_run(tiny_project
 
 @no_cuda
 def test_gpu_smoke_refuses_in_one_line_without_cuda(project):
-    result = run_stage("gpu_smoke", project)
+    result = run_stage("tools.gpu_smoke", project)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: gpu-smoke needs a CUDA GPU")
     assert not (project / "scratch").exists()

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from stages.length_batching import LengthWindowSampler
+from meddialog.training.length_batching import LengthWindowSampler
 from tests.test_sft import TWO_TURNS
 
 
@@ -72,7 +72,7 @@ def test_sft_trainer_batches_follow_the_sampler(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig
 
-    from stages.chat_data import tokenize_conversation
+    from meddialog.training.chat_data import tokenize_conversation
     from stages.sft import make_trainer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from stages.params import ParamsError, load_params
+from meddialog.params import ParamsError, load_params
 from tests.conftest import REPO, run_stage, write_params
 
 

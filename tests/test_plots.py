@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from stages.plots_template import page
-from stages.report import comparison_plot_csv
+from tools.plots_template import page
+from meddialog.evaluation.report import comparison_plot_csv
 from tests.conftest import REPO, run_stage, sh
 
 # Enough of the checkout for DVC to collect the plots: the pipeline, its config and templates, metrics.
@@ -26,7 +26,7 @@ def plots_repo(tmp_path):
         shutil.copy2(REPO / name, tmp_path / name)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "scratch"]):
         assert sh(*cmd, cwd=tmp_path).returncode == 0
-    built = run_stage("plots_template", tmp_path)
+    built = run_stage("tools.plots_template", tmp_path)
     assert built.returncode == 0, built.stderr
     return tmp_path
 

@@ -1,7 +1,7 @@
 import json
 
-from stages.dataset import SourceReport, drop_duplicates, parse_records, split_records
-from stages.params import SplitParams
+from meddialog.data.dataset import SourceReport, drop_duplicates, parse_records, split_records
+from meddialog.params import SplitParams
 from tests.conftest import read_jsonl, run_stage, write_jsonl, write_params
 
 

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from stages.errors import UserError
-from stages.launch import single_process_device
-from stages.params import ModelParams
-from stages.training import refuse_data_parallel
+from meddialog.errors import UserError
+from meddialog.training.launch import single_process_device
+from meddialog.params import ModelParams
+from meddialog.training.trainer import refuse_data_parallel
 from tests.conftest import make_adapter, mlflow_runs, read_jsonl, run_stage, write_params
 
 FULL = ModelParams(name="unused", load_in_4bit=False)
@@ -29,7 +29,7 @@ def chain(tiny_4bit_model_dir, tmp_path_factory):
 def test_4bit_loads_nf4_on_cpu_not_a_float32_fallback(tiny_4bit_model_dir):
     from bitsandbytes.nn import Linear4bit
 
-    from stages.modeling import load_model
+    from meddialog.modeling.loading import load_model
 
     model, _ = load_model(tiny_4bit_model_dir, NF4)
     assert model.is_loaded_in_4bit and model.device.type == "cpu"
@@ -41,8 +41,8 @@ def test_4bit_loads_nf4_on_cpu_not_a_float32_fallback(tiny_4bit_model_dir):
 def test_chain_rule_keeps_the_adapter_under_4bit_and_merging_into_nf4_loses_it(chain, monkeypatch):
     """The model GRPO starts from (and evaluation scores) is the SFT model up to the quantization error;
     the old way, merging the adapter into NF4 weights, is measurably further away. Measured by
-    stages.retention, the same code as the README's KL table and the GPU check."""
-    from stages.retention import retention
+    meddialog.evaluation.retention, the same code as the README's KL table and the GPU check."""
+    from meddialog.evaluation.retention import retention
 
     base, sft, work = chain
     monkeypatch.chdir(work)  # scratch/merged/ is made here
@@ -61,7 +61,7 @@ def test_chain_rule_keeps_the_adapter_under_4bit_and_merging_into_nf4_loses_it(c
 
 
 def test_evaluation_follows_the_precision_the_adapter_was_trained_in(chain, tmp_path, monkeypatch):
-    from stages.modeling import chain_precision, trained_in_4bit
+    from meddialog.modeling.loading import chain_precision, trained_in_4bit
 
     base, _, _ = chain
     auto = ModelParams(name="unused")  # on this CPU: float32
@@ -79,9 +79,9 @@ def qlora_trainer(model_dir: Path, out: Path, lr: float = 1e-5, steps: int = 3):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from stages.modeling import load_model
-    from stages.params import LoraParams
-    from stages.training import lora_config
+    from meddialog.modeling.loading import load_model
+    from meddialog.params import LoraParams
+    from meddialog.training.trainer import lora_config
 
     model, tokenizer = load_model(model_dir, NF4)
     rows = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
@@ -105,7 +105,7 @@ def share_of_lora_a_moved(trainer) -> float:
 def test_trl_casts_qlora_weights_to_bf16_and_they_are_cast_back_to_float32(tiny_4bit_model_dir, tmp_path):
     """At lr 1e-5 an Adam update (~1e-5) is far below half a bf16 step of a lora_A entry (~2e-4 at 0.07):
     in TRL's bf16 almost no lora_A entry moves; cast back to float32, they all do."""
-    from stages.training import keep_lora_float32
+    from meddialog.training.trainer import keep_lora_float32
 
     as_trl_leaves_it = qlora_trainer(tiny_4bit_model_dir, tmp_path / "bf16")
     assert {p.dtype for p in as_trl_leaves_it.model.parameters() if p.requires_grad} == {torch.bfloat16}
@@ -124,9 +124,9 @@ def test_stop_ids_include_every_generation_config_eos(tiny_4bit_model_dir):
     """A two-id eos_token_id (Qwen2.5: <|im_end|> and <|endoftext|>): generation stops at either."""
     from transformers import GenerationConfig
 
-    from stages.generation import generate, stop_token_ids
-    from stages.modeling import load_model
-    from stages.params import GenerationParams
+    from meddialog.modeling.generation import generate, stop_token_ids
+    from meddialog.modeling.loading import load_model
+    from meddialog.params import GenerationParams
 
     model, tokenizer = load_model(tiny_4bit_model_dir, FULL)
     prompt = [[{"role": "user", "content": "What helps a sore throat?"}]]
@@ -158,7 +158,7 @@ def test_a_stage_started_by_hand_on_several_gpus_stops_with_one_line():
 def test_4bit_true_without_bitsandbytes_is_one_line(monkeypatch):
     import importlib.util
 
-    from stages.precision import resolve
+    from meddialog.modeling.precision import resolve
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
@@ -225,7 +225,7 @@ def lora_gradients(model, tokenizer, eval_forward_first: bool) -> torch.Tensor:
 
 
 def test_an_evaluation_before_training_leaves_4bit_gradients_right_on_cpu(tiny_4bit_model_dir):
-    from stages.modeling import load_model
+    from meddialog.modeling.loading import load_model
 
     def grads(for_training: bool, eval_forward_first: bool):
         model, tokenizer = load_model(tiny_4bit_model_dir, NF4, for_training=for_training)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.conversations import to_turns
+from meddialog.data.conversations import to_turns
 from tests.conftest import read_jsonl, run_stage
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"

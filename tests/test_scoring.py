@@ -1,11 +1,11 @@
 import pytest
 
-from stages.scoring import repetition, rouge_l, score, sentence_bleu, tokenize
+from meddialog.evaluation.scoring import repetition, rouge_l, score, sentence_bleu, tokenize
 
 
 @pytest.fixture(scope="module")
 def embedder():
-    from stages.scoring import Embedder
+    from meddialog.evaluation.scoring import Embedder
 
     return Embedder()
 

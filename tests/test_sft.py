@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from stages.chat_data import tokenize_conversation
+from meddialog.training.chat_data import tokenize_conversation
 from tests.conftest import REPO, mlflow_client, mlflow_runs, run_stage, write_params
 
 TWO_TURNS = [
@@ -89,7 +89,7 @@ def test_sft_stage_writes_adapter_history_summary_and_mlflow_run(tiny_project):
     history = mlflow_client(tiny_project).get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
     # the evaluator rebuilds base + adapter from lineage.json
-    evaluated = run_stage("evaluate", tiny_project, "--model-path", "models/sft", "--test-data",
+    evaluated = run_stage("tools.evaluate", tiny_project, "--model-path", "models/sft", "--test-data",
                           "data/processed/dialogues/test.jsonl", "--num-samples", "2", "--max-new-tokens", "4")
     assert evaluated.returncode == 0, evaluated.stderr
 
@@ -135,7 +135,7 @@ def test_killed_sft_run_resumes_from_its_last_checkpoint(tiny_project):
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path):
-    from stages.training import last_checkpoint
+    from meddialog.training.trainer import last_checkpoint
 
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
@@ -147,7 +147,7 @@ def test_incomplete_checkpoints_are_skipped(tmp_path):
 
 def test_a_finished_run_is_not_resumed(tmp_path):
     """HF's Trainer resumed from a run's last checkpoint takes one step past max_steps."""
-    from stages.training import last_checkpoint
+    from meddialog.training.trainer import last_checkpoint
 
     for step in (12, 24):
         (tmp_path / f"checkpoint-{step}").mkdir()

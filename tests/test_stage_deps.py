@@ -1,9 +1,10 @@
 """Every stage lists as deps the project modules it runs, so `dvc repro` reruns it when one changes.
 
-A stage runs `python -m stages.<module>` (or `stages.launch <module>`); the modules it needs are those
-imports, followed transitively. Left out by convention: cli, errors, params and tracking (the command
-line, error type, params loading and MLflow logging, which do not change what a stage computes; params
-changes reach stages through their `params:` sections).
+A stage runs `python -m stages.<module>` (or `meddialog.training.launch <module>`); the modules it needs
+are those imports of `stages.*` and `meddialog.*`, followed transitively. Left out by convention:
+meddialog's cli, errors, params and tracking (the command line, error type, params loading and MLflow
+logging, which do not change what a stage computes; params changes reach stages through their
+`params:` sections).
 """
 import ast
 import re
@@ -14,33 +15,51 @@ import yaml
 
 from tests.conftest import REPO
 
-NOT_DEPS = {"cli", "errors", "params", "tracking"}
+NOT_DEPS = {"meddialog.cli", "meddialog.errors", "meddialog.params", "meddialog.tracking"}
 PIPELINES = ("dvc.yaml", "pipelines/verl/dvc.yaml")
+PROJECT_PACKAGES = ("stages", "meddialog")
+
+
+def module_file(module: str) -> Path | None:
+    """The project file of a dotted module name, None for a package (its __init__ is empty) or a name
+    that is not a module (`from meddialog.modeling.loading import load_model` names a function)."""
+    path = REPO / Path(*module.split("."))
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
 
 
 def imported_modules(module: str) -> set[str]:
-    """The stages.* modules `module` imports (at module level or inside functions)."""
-    tree = ast.parse((REPO / "stages" / f"{module}.py").read_text())
+    """The project modules `module` imports (at module level or inside functions), as dotted names."""
+    tree = ast.parse(module_file(module).read_text())
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "stages":
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PROJECT_PACKAGES:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from meddialog import cli`
         elif isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("stages.")}
-    return found
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] in PROJECT_PACKAGES}
+    return {name for name in found if module_file(name)}
 
 
 def modules_run_by(command: str) -> set[str]:
     seen: set[str] = set()
-    pending = [name for pair in re.findall(r"stages\.(\w+)(?: (\w+))?", command) for name in pair if name]
+    entry = re.search(r"python -m ([\w.]+)(?: (\w+))?", command)
+    pending = [entry.group(1)] + ([f"stages.{entry.group(2)}"] if entry.group(2) else [])
     while pending:
         module = pending.pop()
         if module not in seen:
             seen.add(module)
             pending.extend(imported_modules(module))
     return seen
+
+
+def listed_modules(deps: list[str]) -> set[str]:
+    """Dotted names of the .py deps; a folder dep covers every module below it."""
+    found = set()
+    for dep in deps:
+        path = REPO / dep
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if dep.endswith(".py") else []
+        found |= {".".join(f.relative_to(REPO).with_suffix("").parts) for f in files}
+    return found
 
 
 def stages():
@@ -52,15 +71,15 @@ def stages():
 @pytest.mark.parametrize("stage", stages())
 def test_stage_deps_cover_the_modules_it_runs(stage):
     assert len(set(stage["deps"])) == len(stage["deps"]), "a dep is listed twice (DVC then locks it twice)"
-    listed = {Path(dep).stem for dep in stage["deps"] if dep.startswith("stages/")}
-    missing = modules_run_by(stage["cmd"]) - NOT_DEPS - listed
-    assert not missing, f"add to deps: {', '.join(f'stages/{m}.py' for m in sorted(missing))}"
+    missing = modules_run_by(stage["cmd"]) - NOT_DEPS - listed_modules(stage["deps"])
+    assert not missing, f"add to deps: {', '.join(m.replace('.', '/') + '.py' for m in sorted(missing))}"
 
 
 def test_the_import_walk_finds_nested_imports():
     # grpo imports these inside main(); modeling imports hub inside a function
-    assert {"generation", "conversations", "training", "rewards"} <= imported_modules("grpo")
-    assert "hub" in modules_run_by("python -m stages.launch grpo")
+    assert {"meddialog.modeling.generation", "meddialog.data.conversations", "meddialog.training.trainer",
+            "meddialog.training.rewards"} <= imported_modules("stages.grpo")
+    assert "meddialog.hub" in modules_run_by("python -m meddialog.training.launch grpo")
 
 
 PRECISION_PARAMS = {"model.load_in_4bit", "model.dtype"}
@@ -82,9 +101,9 @@ def test_stages_that_load_a_model_depend_on_how_it_is_loaded(stage):
     model.load_in_4bit must rerun baseline and eval too, not leave their metrics stale."""
     modules = modules_run_by(stage["cmd"])
     declared = declared_params(stage)
-    if "modeling" in modules:
+    if "meddialog.modeling.loading" in modules:
         assert covers(declared, "model.trust_remote_code"), "add model.trust_remote_code to params"
-    if modules & {"evaluation", "training"}:
+    if modules & {"meddialog.evaluation.evaluate", "meddialog.training.trainer"}:
         missing = sorted(k for k in PRECISION_PARAMS if not covers(declared, k))
         assert not missing, f"add to params: {', '.join(missing)}"
 

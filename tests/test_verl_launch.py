@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.verl_launch import Command, Expanded, hydra_value
+from meddialog.verl.launch import Command, Expanded, hydra_value
 from tests.conftest import REPO, run_stage, write_params
 
 
@@ -81,7 +81,7 @@ def test_grpo_dry_run_is_main_ppo_from_the_merged_sft_model_with_our_reward(proj
     assert values["actor_rollout_ref.model.path"] == f"{checkpoints}/init"
     assert merge.startswith("#") and f"models/base + models/sft merged into {checkpoints}/init" in merge
     assert values["data.train_files"] == str(project / "data/verl/rl_train.parquet")
-    assert values["reward.custom_reward_function.path"] == str(REPO / "stages/rewards.py")
+    assert values["reward.custom_reward_function.path"] == str(REPO / "meddialog/training/rewards.py")
     assert (values["actor_rollout_ref.rollout.name"], values["actor_rollout_ref.rollout.n"]) == ("sglang", "8")
     assert values["actor_rollout_ref.model.lora_rank"] == "16"
     assert (values["actor_rollout_ref.actor.use_kl_loss"], values["actor_rollout_ref.actor.kl_loss_coef"]) == \
@@ -124,7 +124,7 @@ def test_printed_commands_run_in_bash_and_read_the_checkpoint_step_there(tmp_pat
 
 
 def test_the_stages_do_not_import_verl():
-    code = ("import sys, stages.verl_sft, stages.verl_grpo, stages.verl_launch, stages.verl_export; "
+    code = ("import sys, stages.verl_sft, stages.verl_grpo, meddialog.verl.launch, meddialog.verl.export; "
             "print(any(m == 'verl' or m.startswith('verl.') for m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
@@ -141,9 +141,9 @@ def test_grpo_starts_from_the_sft_adapter_merged_into_its_base(tiny_model_dir, t
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from stages.modeling import write_lineage
-    from stages.params import load_params
-    from stages.verl_export import merge_sft
+    from meddialog.modeling.loading import write_lineage
+    from meddialog.params import load_params
+    from meddialog.verl.export import merge_sft
 
     sft = tmp_path / "sft"
     torch.manual_seed(0)

@@ -44,7 +44,7 @@ def verl_project(tmp_path_factory, tiny_model_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def params(verl_project):
-    from stages.params import load_params
+    from meddialog.params import load_params
 
     return load_params(verl_project / "params.yaml")
 

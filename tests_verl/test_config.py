@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.verl_launch import grpo_command, launch_env, sft_command
+from meddialog.verl.launch import grpo_command, launch_env, sft_command
 
 RUN_DIR = Path("models/verl/checkpoints/run")
 
@@ -59,7 +59,7 @@ def test_grpo_config_passes_verls_validate_config(params, verl_project, rollout,
     assert config.actor_rollout_ref.rollout.n == params.verl.grpo.num_generations
     assert config.actor_rollout_ref.model.lora_rank == params.lora.r
     assert config.reward.custom_reward_function.name == "compute_score"
-    assert Path(config.reward.custom_reward_function.path).samefile(Path(__file__).parents[1] / "stages/rewards.py")
+    assert Path(config.reward.custom_reward_function.path).samefile(Path(__file__).parents[1] / "meddialog/training/rewards.py")
     assert list(config.trainer.logger) == ["console", "mlflow"]
     assert config.trainer.project_name == params.mlflow.experiment
     # Handed to every Ray worker, on every node: our reward module's imports and the MLflow store.
@@ -88,7 +88,7 @@ def test_attention_implementation_reaches_verls_model_config_and_sets_remove_pad
 
 
 def test_verl_rejects_what_our_params_validation_rejects(params, verl_project, compose):
-    """The divisibility rule stages.params enforces is verl's own (validate_config)."""
+    """The divisibility rule meddialog.params enforces is verl's own (validate_config)."""
     from verl.utils.config import validate_config
 
     config = compose(grpo_argv(params, verl_project, rollout="sglang", batch_size=3, num_generations=3))
@@ -114,4 +114,4 @@ def test_the_exact_command_line_composes_in_verls_entry_point(params, verl_proje
     assert model["use_remove_padding"] is False
     if stage == "grpo":
         assert printed["algorithm"]["adv_estimator"] == "grpo"
-        assert printed["reward"]["custom_reward_function"]["path"].endswith("stages/rewards.py")
+        assert printed["reward"]["custom_reward_function"]["path"].endswith("meddialog/training/rewards.py")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.verl_launch import grpo_command, sft_command
+from meddialog.verl.launch import grpo_command, sft_command
 
 RUN_DIR = Path("models/verl/checkpoints/run")
 

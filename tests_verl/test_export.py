@@ -1,5 +1,5 @@
 """The export: verl's model merger on a LoRA checkpoint, then our fix of the adapter it writes, and
-the result loading through stages.modeling like any adapter of this pipeline.
+the result loading through meddialog.modeling.loading like any adapter of this pipeline.
 
 Training needs a GPU (verl 0.9.1 has no CPU platform), so the checkpoint is written here in the
 layout verl's FSDPCheckpointManager saves for one rank: model_world_size_1_rank_0.pt (the peft
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from stages.modeling import load_model, model_chain
-from stages.verl_export import export
+from meddialog.modeling.loading import load_model, model_chain
+from meddialog.verl.export import export
 
 LORA_TARGETS = ["q_proj", "v_proj"]
 

@@ -1,0 +1,1 @@
+"""Raw sources, conversations, cleaning and splits."""

@@ -1,0 +1,1 @@
+"""Scoring, evaluating a model, the comparison report, adapter retention."""

@@ -1,0 +1,1 @@
+"""Loading models (base + adapters), precision, merging adapters, generation."""

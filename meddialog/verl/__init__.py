@@ -1,0 +1,1 @@
+"""verl support: its Parquet data, launching its trainers, exporting their checkpoints."""

@@ -1,0 +1,424 @@
+"""Benchmarks (not tests): measure where the time goes on this machine.
+
+    python -m tools.bench all [--repeats 3] [--skip-full-repro]     # `make bench`: every part below
+    python -m tools.bench matmul [--repeats 3]
+    python -m tools.bench generation [--prompts 16] [--batch-size B] [--max-new-tokens N] [--repeats 3]
+    python -m tools.bench sft [--sft-steps 12] [--repeats 3]
+    python -m tools.bench grpo [--grpo-steps 5] [--repeats 3]
+    python -m tools.bench pipeline [--full-repro-runs 1] [--noop-runs 5] [--skip-full-repro]
+
+Every figure is the median of its runs, with `<key>_min` and `<key>_max` beside it; the results are
+printed as a table and merged into metrics/bench.json (flat, numeric, stable keys), so a part rerun
+alone replaces only its own keys.
+
+matmul: the fp32 matmul ceiling of this machine (GFLOP/s of a square torch.mm at torch's default
+thread count), measured in the same run as sft, whose MFU is a fraction of it.
+
+generation: tokens/s of our batched path (meddialog.modeling.generation) against the tutorial's way, one
+prompt at a time with `model.generate` in a Python loop, on the same test prompts and the same
+model (models/base), greedy; checks the texts are identical and prints both rates and their ratio.
+
+sft / grpo: the real stage (`python -m stages.sft` / `stages.grpo`) with the default recipe of
+params.yaml, run for a few steps in a throw-away workspace (params.yaml copied with fewer steps,
+links to data/processed and models/, its own MLflow store), and read back from the metrics it
+writes. sft: real (non-padding) training tokens/s, achieved FLOP/s and MFU (see
+`sft_flops_per_token`), peak resident memory. grpo: seconds per optimizer step, generated
+tokens/s, peak resident memory.
+
+pipeline: wall time of `dvc repro` from scratch in a fresh clone of HEAD (`--full-repro-runs`,
+default 1: one run takes about 10 minutes on 2 CPU cores, and from-scratch runs vary little next
+to that), then of a no-op `dvc repro` on that completed clone. With --skip-full-repro the no-op is
+timed in this repository, which must then be up to date, and pipeline.full_repro_s is left out.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from meddialog import cli
+from meddialog.errors import UserError
+from meddialog.params import PARAMS_FILE, LoraParams, read_yaml, set_dotted
+
+log = logging.getLogger("bench")
+
+OUT_FILE = Path("metrics/bench.json")
+BASE_DIR = Path("models/base")
+SFT_DIR = Path("models/sft")
+PROCESSED_DIR = Path("data/processed")
+# What each part reads from the pipeline, and the stage that makes it
+INPUTS = {"generation": ((BASE_DIR, "base_model"), (PROCESSED_DIR, "process")),
+          "sft": ((BASE_DIR, "base_model"), (PROCESSED_DIR, "process")),
+          "grpo": ((BASE_DIR, "base_model"), (PROCESSED_DIR, "process"), (SFT_DIR / "adapter_config.json", "sft"))}
+# 2048: 2·2048³ = 17 GFLOP per call on 3 × 16 MB matrices, i.e. ~340 FLOP per byte moved, far above what
+# a CPU's memory can feed (~10-20 FLOP/byte), so the multiply is compute bound; one call takes ~0.1 s,
+# so thread start-up and call overhead vanish, and a sample of several calls stays short.
+MATMUL_SIZE = 2048
+MATMUL_SAMPLE_S = 1.0  # each repeat keeps multiplying this long, averaging over scheduler noise
+
+
+# ---------------------------------------------------------------------------------------------- shared
+
+def summary(key: str, values: list[float]) -> dict[str, float]:
+    """`key`: the median of `values`, with `key_min` and `key_max`."""
+    return {key: statistics.median(values), f"{key}_min": min(values), f"{key}_max": max(values)}
+
+
+def merge_results(path: Path, results: dict[str, float]) -> dict[str, float]:
+    """Write `results` over what `path` already holds, so each part can be rerun on its own."""
+    existing = json.loads(path.read_text()) if path.is_file() else {}
+    merged = {**existing, **{k: round(float(v), 6) for k, v in results.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    return merged
+
+
+def print_table(results: dict[str, float]) -> None:
+    print(f"\n{'figure':<34}{'median':>12}{'min':>12}{'max':>12}")
+    for key, value in results.items():
+        if key.endswith(("_min", "_max")):
+            continue
+        low, high = results.get(f"{key}_min"), results.get(f"{key}_max")
+        print(f"{key:<34}{value:>12.4g}" + ("" if low is None else f"{low:>12.4g}{high:>12.4g}"))
+
+
+def check_inputs(parts: tuple[str, ...]) -> None:
+    """Stop before measuring anything when a part's input is missing, not half an hour into `all`."""
+    for part in parts:
+        for path, stage in INPUTS.get(part, ()):
+            if not path.exists():
+                raise UserError(f"{path} not found: run `dvc repro {stage}` first")
+
+
+# ---------------------------------------------------------------------------------------------- matmul
+
+def bench_matmul(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    c = torch.empty(MATMUL_SIZE, MATMUL_SIZE)
+    for _ in range(3):  # warm-up: starts the thread pool and the BLAS library's buffers
+        torch.mm(a, b, out=c)
+    rates = []
+    for _ in range(args.repeats):
+        calls, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < MATMUL_SAMPLE_S:
+            torch.mm(a, b, out=c)
+            calls += 1
+        rates.append(2 * MATMUL_SIZE ** 3 * calls / elapsed / 1e9)
+    return {**summary("matmul.gflops", rates), "matmul.size": MATMUL_SIZE, "matmul.threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------------------------------------- generation
+
+def tutorial_loop(model, tokenizer, prompts, max_new_tokens: int) -> list[str]:
+    """One prompt at a time, as the tutorial's 2_inference.py does."""
+    import torch
+
+    answers = []
+    for prompt in prompts:
+        inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+        with torch.inference_mode():
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+        answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    return answers
+
+
+def bench_generation(args: argparse.Namespace) -> dict[str, float]:
+    from meddialog.evaluation.evaluate import select, test_conversations
+    from meddialog.modeling.generation import generate, prompt_messages
+    from meddialog.modeling.loading import load_model
+    from meddialog.params import load_params
+
+    params = load_params()
+    # the defaults of params.yaml unless overridden: the figure is about the recipe the stages run
+    gen = dataclasses.replace(params.generation, batch_size=args.batch_size or params.generation.batch_size,
+                              max_new_tokens=args.max_new_tokens or params.generation.max_new_tokens, do_sample=False)
+    model, tokenizer = load_model(BASE_DIR, params.model)
+    samples = select(test_conversations(list(params.data.sources)), args.prompts, params.seed)
+    prompts = [prompt_messages(s["messages"]) for s in samples]
+
+    def timed(fn):
+        started = time.perf_counter()
+        answers = fn()
+        seconds = time.perf_counter() - started
+        tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+        return answers, tokens / seconds
+
+    generate(model, tokenizer, prompts[:1], dataclasses.replace(gen, max_new_tokens=2), progress=False)  # warm-up
+    batched_rates, loop_rates = [], []
+    for repeat in range(args.repeats):
+        batched, rate = timed(lambda: generate(model, tokenizer, prompts, gen, progress=False))
+        batched_rates.append(rate)
+        looped, rate = timed(lambda: tutorial_loop(model, tokenizer, prompts, gen.max_new_tokens))
+        loop_rates.append(rate)
+        if batched != looped:
+            differing = sum(a != b for a, b in zip(batched, looped))
+            raise SystemExit(f"batched and one-at-a-time greedy outputs differ on {differing} of {len(prompts)} prompts")
+        log.info("repeat %d: batched %.1f tok/s, loop %.1f tok/s", repeat + 1, batched_rates[-1], loop_rates[-1])
+    ratios = [b / l for b, l in zip(batched_rates, loop_rates)]
+    results = {"generation.prompts": float(len(prompts)), "generation.batch_size": float(gen.batch_size),
+               **summary("generation.batched_tokens_per_s", batched_rates),
+               **summary("generation.loop_tokens_per_s", loop_rates),
+               **summary("generation.speedup", ratios)}
+    print(f"\ngeneration on models/base: {len(prompts)} prompts, batch size {gen.batch_size}, "
+          f"{gen.max_new_tokens} new tokens, {args.repeats} repeats (identical greedy outputs)")
+    print(f"  batched (ours)          {results['generation.batched_tokens_per_s']:8.1f} tok/s  "
+          f"[{min(batched_rates):.1f} .. {max(batched_rates):.1f}]")
+    print(f"  one at a time (loop)    {results['generation.loop_tokens_per_s']:8.1f} tok/s  "
+          f"[{min(loop_rates):.1f} .. {max(loop_rates):.1f}]")
+    print(f"  speedup                 {results['generation.speedup']:8.2f}x       "
+          f"[{min(ratios):.2f} .. {max(ratios):.2f}]")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- training stages
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """What the FLOP count needs to know about the model and its LoRA adapters."""
+
+    matmul_params: int     # N: weights multiplied with activations (tied lm_head included, embedding lookup not)
+    lora_params: int       # the adapters' A and B matrices, on every target module of every layer
+    attention_width: int   # layers × query heads × head dim: the per-key width of scores and values
+
+
+def safetensors_shapes(model_dir: Path) -> dict[str, list[int]]:
+    """Tensor shapes from the safetensors headers (8-byte length + JSON), without loading any weight."""
+    shapes = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with path.open("rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        shapes.update({name: entry["shape"] for name, entry in header.items() if name != "__metadata__"})
+    return shapes
+
+
+def model_geometry(shapes: dict[str, list[int]], config: dict, lora: LoraParams) -> Geometry:
+    embedding = next(name for name in shapes if name.endswith("embed_tokens.weight"))
+    matrices = {name: shape for name, shape in shapes.items() if len(shape) == 2 and name != embedding}
+    # A tied lm_head is stored only as the embedding table, but it is a real [vocab × hidden] matmul.
+    tied_head = math.prod(shapes[embedding]) if config.get("tie_word_embeddings") else 0
+    # A LoRA adapter on a [out × in] weight adds A (r × in) and B (out × r).
+    adapters = sum(lora.r * sum(shape) for name, shape in matrices.items()
+                   if name.removesuffix(".weight").rsplit(".", 1)[-1] in lora.target_modules)
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    return Geometry(matmul_params=sum(math.prod(s) for s in matrices.values()) + tied_head, lora_params=adapters,
+                    attention_width=config["num_hidden_layers"] * config["num_attention_heads"] * head_dim)
+
+
+def sft_flops_per_token(geometry: Geometry, mean_length: float, gradient_checkpointing: bool) -> float:
+    """Training FLOPs per real token of LoRA SFT (a multiply-add = 2 FLOPs).
+
+    forward    2N + 2L + A      N = geometry.matmul_params, L = geometry.lora_params
+    backward   2N + 4L + 2A     frozen weights: input gradients only (no weight gradients);
+                                adapters: input and weight gradients
+    recompute  2N + 2L + A      only with gradient checkpointing (the forward again)
+
+    A = 2 matmuls (Q·Kᵀ, scores·V) × 2 FLOPs × attention_width × (s̄ + 1) / 2: causal attention, a query
+    at position t sees t keys; s̄ = `mean_length`, the mean real length of a sequence. The backward of
+    attention is 2A whatever is trained, since Q, K and V are activations. The exact mean over tokens
+    uses (Σ s²)/(Σ s) ≥ s̄ in place of s̄, so A errs low (by well under 1% of the total on the default
+    data). Not counted: the embedding lookup (not a matmul), norms, activations, softmax and the
+    optimizer (elementwise, a few % at most), and padding (real tokens only). Counted although skipped
+    without gradient checkpointing: the input gradient of the first layer's q/k/v (~0.2% of the total).
+    """
+    attention = 2 * 2 * geometry.attention_width * (mean_length + 1) / 2
+    forward = 2 * geometry.matmul_params + 2 * geometry.lora_params + attention
+    backward = 2 * geometry.matmul_params + 4 * geometry.lora_params + 2 * attention
+    return forward + backward + (forward if gradient_checkpointing else 0)
+
+
+def stage_workspace(root: Path, overrides: dict[str, object], links: tuple[Path, ...]) -> None:
+    """A workspace the stage runs in as in the repository: params.yaml with `overrides` (dotted keys,
+    like `dvc exp run -S`), and `links` to this repository's inputs. Outputs land in `root`."""
+    from ruamel.yaml import YAML
+
+    params = read_yaml(PARAMS_FILE)
+    set_dotted(params, overrides)
+    with (root / "params.yaml").open("w") as f:
+        YAML(typ="safe", pure=True).dump(params, f)
+    for link in links:
+        (root / link).parent.mkdir(parents=True, exist_ok=True)
+        (root / link).symlink_to(link.resolve())
+
+
+def run_stage(stage: str, root: Path) -> float:
+    """`python -m stages.<stage>` in `root`; returns its peak resident memory in MB."""
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd()),
+           # its own MLflow store: benchmark runs stay out of the user's
+           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    log_file = root / f"{stage}.log"
+    with log_file.open("w") as out:
+        child = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=root, env=env, stdout=out,
+                                 stderr=subprocess.STDOUT)
+        # wait4, not getrusage(RUSAGE_CHILDREN): that keeps the peak of every child so far, this of this one
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        tail = "\n".join(log_file.read_text().splitlines()[-20:])
+        raise UserError(f"stages.{stage} failed (exit {child.returncode}) in the benchmark workspace:\n{tail}")
+    return usage.ru_maxrss / 1024  # kB on Linux
+
+
+def bench_sft(args: argparse.Namespace, ceiling_gflops: float) -> dict[str, float]:
+    from meddialog.params import load_params
+
+    params = load_params()
+    config = json.loads((BASE_DIR / "config.json").read_text())
+    geometry = model_geometry(safetensors_shapes(BASE_DIR), config, params.lora)
+    steps = args.sft_steps
+    overrides = {"sft.max_steps": steps, "sft.resume": "never",
+                 # no evaluation or checkpoint inside the timed training; the Trainer still evaluates and
+                 # saves once at its last step, so evaluation is cut to one example
+                 "sft.eval_steps": steps + 1, "sft.save_steps": steps + 1, "sft.eval_samples": 1}
+    rates, achieved, mfus, memory = [], [], [], []
+    for run in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
+            root = Path(tmp)
+            stage_workspace(root, overrides, (PROCESSED_DIR, BASE_DIR))
+            memory.append(run_stage("sft", root))
+            train = json.loads((root / "metrics/sft_train.json").read_text())
+        mean_length = train["tokens_seen"] / (train["steps"] * train["effective_batch_size"])
+        flops = sft_flops_per_token(geometry, mean_length, params.sft.gradient_checkpointing)
+        rates.append(train["tokens_per_s"])
+        achieved.append(train["tokens_per_s"] * flops / 1e9)
+        mfus.append(achieved[-1] / ceiling_gflops)
+        log.info("sft run %d/%d: %.1f tokens/s, %.2f GFLOP/s (MFU %.3f), peak RSS %.0f MB", run + 1, args.repeats,
+                 rates[-1], achieved[-1], mfus[-1], memory[-1])
+    return {**summary("sft.tokens_per_s", rates), **summary("sft.gflops", achieved), **summary("sft.mfu", mfus),
+            **summary("sft.peak_rss_mb", memory), "sft.flops_per_token": flops,
+            "sft.matmul_params": geometry.matmul_params, "sft.lora_params": geometry.lora_params, "sft.steps": steps}
+
+
+def bench_grpo(args: argparse.Namespace) -> dict[str, float]:
+    steps = args.grpo_steps
+    overrides = {"grpo.max_steps": steps, "grpo.resume": "never", "grpo.save_steps": steps + 1}
+    step_times, rates, memory = [], [], []
+    for run in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
+            root = Path(tmp)
+            stage_workspace(root, overrides, (PROCESSED_DIR, BASE_DIR, SFT_DIR))
+            memory.append(run_stage("grpo", root))
+            train = json.loads((root / "metrics/grpo_train.json").read_text())
+        step_times.append(train["seconds_per_step"])
+        rates.append(train["generated_tokens_per_s"])
+        log.info("grpo run %d/%d: %.1f s/step, %.1f generated tokens/s, peak RSS %.0f MB", run + 1, args.repeats,
+                 step_times[-1], rates[-1], memory[-1])
+    return {**summary("grpo.seconds_per_step", step_times), **summary("grpo.generated_tokens_per_s", rates),
+            **summary("grpo.peak_rss_mb", memory), "grpo.steps": steps}
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+
+def timed_dvc(workspace: Path, *dvc_args: str) -> float:
+    """Seconds `dvc <args>` takes in `workspace`, with this virtualenv's `python` first on PATH as stages need."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}"}
+    env.pop("PYTHONPATH", None)  # the workspace's own stages/, not this checkout's
+    started = time.perf_counter()
+    result = subprocess.run([str(bin_dir / "dvc"), *dvc_args], cwd=workspace, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+        raise UserError(f"`dvc {' '.join(dvc_args)}` failed in {workspace}:\n{tail}")
+    return seconds
+
+
+def noop_repro_times(workspace: Path, runs: int) -> list[float]:
+    # dvc.yaml: what `dvc repro` without targets reproduces (not pipelines/verl/dvc.yaml, which needs GPUs)
+    status = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json", "dvc.yaml"],
+                            cwd=workspace, capture_output=True, text=True)
+    if status.returncode or json.loads(status.stdout or "{}"):
+        raise UserError(f"{workspace} is not up to date (see `dvc status`), so `dvc repro` would not be a no-op: "
+                        "run `dvc repro` first, or time a full repro (leave out --skip-full-repro)")
+    return [timed_dvc(workspace, "repro") for _ in range(runs)]
+
+
+def bench_pipeline(args: argparse.Namespace) -> dict[str, float]:
+    if args.skip_full_repro:
+        return summary("pipeline.noop_repro_s", noop_repro_times(Path.cwd(), args.noop_runs))
+    full, noop = [], []
+    for run in range(args.full_repro_runs):
+        with tempfile.TemporaryDirectory(prefix="bench-repro-") as tmp:
+            clone = Path(tmp) / "repo"
+            subprocess.run(["git", "clone", "--quiet", str(Path.cwd()), str(clone)], check=True)
+            log.info("full `dvc repro` %d/%d in a fresh clone of HEAD (%s)", run + 1, args.full_repro_runs, clone)
+            full.append(timed_dvc(clone, "repro"))
+            log.info("full repro: %.0f s", full[-1])
+            if run == args.full_repro_runs - 1:  # the no-op on a completed workspace: the last clone
+                noop = noop_repro_times(clone, args.noop_runs)
+    return {**summary("pipeline.full_repro_s", full), **summary("pipeline.noop_repro_s", noop)}
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+PARTS: dict[str, Callable[[argparse.Namespace, dict[str, float]], dict[str, float]]] = {
+    "matmul": lambda args, _: bench_matmul(args),
+    "generation": lambda args, _: bench_generation(args),
+    "sft": lambda args, so_far: bench_sft(args, so_far["matmul.gflops"]),
+    "grpo": lambda args, _: bench_grpo(args),
+    "pipeline": lambda args, _: bench_pipeline(args),
+}
+# sft's MFU is a fraction of the ceiling measured in the same run, so sft alone measures matmul too
+SUBCOMMANDS = {"matmul": ("matmul",), "generation": ("generation",), "sft": ("matmul", "sft"), "grpo": ("grpo",),
+               "pipeline": ("pipeline",), "all": tuple(PARTS)}
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--repeats", type=positive, default=3, help="runs per figure (median, min, max)")
+    common.add_argument("--out", type=Path, default=OUT_FILE, help="JSON file the results are merged into")
+    options = {name: argparse.ArgumentParser(add_help=False) for name in PARTS}
+    options["generation"].add_argument("--prompts", type=positive, default=16)
+    options["generation"].add_argument("--batch-size", type=positive, help="default: generation.batch_size")
+    options["generation"].add_argument("--max-new-tokens", type=positive, help="default: generation.max_new_tokens")
+    options["sft"].add_argument("--sft-steps", type=positive, default=12, help="optimizer steps per sft run")
+    options["grpo"].add_argument("--grpo-steps", type=positive, default=5, help="optimizer steps per grpo run")
+    options["pipeline"].add_argument("--full-repro-runs", type=positive, default=1,
+                                     help="from-scratch `dvc repro` runs (~10 min each on 2 CPU cores)")
+    options["pipeline"].add_argument("--noop-runs", type=positive, default=5, help="no-op `dvc repro` runs")
+    options["pipeline"].add_argument("--skip-full-repro", action="store_true",
+                                     help="time only the no-op, in this (up-to-date) repository")
+    helps = {"matmul": "fp32 matmul ceiling (GFLOP/s)", "generation": "batched generation vs the tutorial's loop",
+             "sft": "sft stage: tokens/s, FLOP/s, MFU, memory", "grpo": "grpo stage: s/step, generated tokens/s",
+             "pipeline": "`dvc repro` from scratch and no-op", "all": "every part, in this order"}
+    top = argparse.ArgumentParser(prog="python -m tools.bench", description="benchmarks (see module docstring)")
+    sub = top.add_subparsers(dest="what", required=True)
+    for name, parts in SUBCOMMANDS.items():
+        sub.add_parser(name, help=helps[name], parents=[common, *(options[p] for p in parts)])
+    return top
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    check_inputs(SUBCOMMANDS[args.what])
+    results: dict[str, float] = {}
+    for part in SUBCOMMANDS[args.what]:
+        results.update(PARTS[part](args, results))
+    merge_results(args.out, results)
+    print_table(results)
+    print(f"\nmerged into {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
