@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
 from meddialog import cli
 from meddialog.modeling.loading import load_source_model, save_base
 from meddialog.params import load_params
+from meddialog.paths import BASE_DIR
 
 log = logging.getLogger("base_model")
 
-BASE_DIR = Path("models/base")
 
 
 def main() -> None:

@@ -8,14 +8,11 @@ metrics/baseline.json (DVC metrics) and metrics/baseline_predictions.jsonl.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from meddialog import cli
 from meddialog.evaluation.evaluate import evaluate_model, select, test_conversations
-from meddialog.params import load_params
 from meddialog.evaluation.scoring import Embedder
-
-BASE_DIR = Path("models/base")
+from meddialog.params import load_params
+from meddialog.paths import BASE_DIR
 
 
 def main() -> None:

@@ -9,15 +9,14 @@ with `dvc exp run -S data.sources.medical_flashcards.path=hf:medalpaca/medical_m
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from meddialog import cli
 from meddialog.data.sources import read_source
 from meddialog.params import load_params
+from meddialog.paths import RAW_DIR
 
 log = logging.getLogger("download")
 
-RAW_DIR = Path("data/raw")
 
 
 def main() -> None:

@@ -12,18 +12,29 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from meddialog import cli
 from meddialog.errors import UserError
-from meddialog.evaluation.evaluate import METRICS_DIR, evaluate_model, select, test_conversations
-from meddialog.params import load_params
-from meddialog.evaluation.report import comparison, comparison_plot_csv, markdown, read_provenance, read_results
+from meddialog.evaluation.evaluate import (
+    METRICS_DIR,
+    evaluate_model,
+    select,
+    test_conversations,
+)
+from meddialog.evaluation.report import (
+    comparison,
+    comparison_plot_csv,
+    markdown,
+    read_provenance,
+    read_results,
+)
 from meddialog.evaluation.scoring import Embedder
+from meddialog.params import load_params
+from meddialog.paths import GRPO_DIR, SFT_DIR
 
 log = logging.getLogger("eval")
 
-TRAINED = {"sft": Path("models/sft"), "grpo": Path("models/grpo")}
+TRAINED = {"sft": SFT_DIR, "grpo": GRPO_DIR}
 
 
 def main() -> None:

@@ -27,12 +27,10 @@ from pathlib import Path
 
 from meddialog import cli
 from meddialog.params import load_params
+from meddialog.paths import BASE_DIR, GRPO_DIR, SFT_DIR
 
 log = logging.getLogger("grpo")
 
-BASE_DIR = Path("models/base")
-SFT_DIR = Path("models/sft")
-OUT_DIR = Path("models/grpo")
 HISTORY_FILE = Path("metrics/grpo_history.csv")
 SUMMARY_FILE = Path("metrics/grpo_train.json")
 # When more than this share of groups has identical rewards, most prompts teach nothing.
@@ -62,16 +60,33 @@ def main() -> None:
     from transformers import TrainerCallback, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    from meddialog.errors import UserError
-    from meddialog.modeling.loading import load_model
-    from meddialog.modeling.precision import as_record, provenance, resolve, write_provenance
-    from meddialog.training.rewards import COMPONENTS, reward_functions
-    from meddialog.tracking import flatten, start_run
     from meddialog.data.dataset import read_split
     from meddialog.digests import file_digest, fingerprint
-    from meddialog.training.trainer import (common_trainer_args, effective_batch_size, keep_lora_float32, last_checkpoint,
-                                 lora_change_callback, lora_config, mlflow_callback, peak_memory_gb, refuse_data_parallel,
-                                 save_adapter, steps_done, write_history, write_json)
+    from meddialog.errors import UserError
+    from meddialog.modeling.loading import load_model
+    from meddialog.modeling.precision import (
+        as_record,
+        provenance,
+        resolve,
+        write_provenance,
+    )
+    from meddialog.tracking import flatten, start_run
+    from meddialog.training.rewards import COMPONENTS, reward_functions
+    from meddialog.training.trainer import (
+        common_trainer_args,
+        effective_batch_size,
+        keep_lora_float32,
+        last_checkpoint,
+        lora_change_callback,
+        lora_config,
+        mlflow_callback,
+        peak_memory_gb,
+        refuse_data_parallel,
+        save_adapter,
+        steps_done,
+        write_history,
+        write_json,
+    )
 
     if not (SFT_DIR / "adapter_config.json").is_file():
         raise UserError(f"{SFT_DIR} has no adapter: run the sft stage first (`dvc repro sft`)")
@@ -142,7 +157,7 @@ def main() -> None:
         runtime = time.perf_counter() - started
 
         # -------------------------------------------------------------- save (main process writes)
-        save_adapter(trainer, OUT_DIR, BASE_DIR, (SFT_DIR,), stage="grpo", run_key=run_key,
+        save_adapter(trainer, GRPO_DIR, BASE_DIR, (SFT_DIR,), stage="grpo", run_key=run_key,
                      precision=as_record(precision))
         if trainer.is_world_process_zero():
             rename = {"completions/mean_length": "completion_length", "clip_ratio/region_mean": "clip_ratio",
@@ -164,9 +179,9 @@ def main() -> None:
             write_provenance("grpo_train", provenance(precision, processes=config.world_size), run)
             run.log_metrics({f"final_{k}": v for k, v in summary.items()})
             if params.mlflow.log_models:
-                run.log_artifacts(OUT_DIR, "adapter")
+                run.log_artifacts(GRPO_DIR, "adapter")
             log.info("mean reward %.3f (first quarter) -> %.3f (last quarter) in %d steps (%.0f s); adapter in %s",
-                     summary["reward_first_quarter"], summary["reward_last_quarter"], summary["steps"], runtime, OUT_DIR)
+                     summary["reward_first_quarter"], summary["reward_last_quarter"], summary["steps"], runtime, GRPO_DIR)
 
 
 def _quarters(entries: list[dict], key: str) -> dict[str, float]:

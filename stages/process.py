@@ -15,23 +15,29 @@ import shutil
 from pathlib import Path
 
 from meddialog import cli
-from meddialog.data.dataset import (PROCESSED_DIR, SPLITS, SourceReport, drop_duplicates, parse_records, seeded_subset,
-                            split_records)
+from meddialog.data.dataset import (
+    PROCESSED_DIR,
+    SPLITS,
+    SourceReport,
+    drop_duplicates,
+    parse_records,
+    seeded_subset,
+    split_records,
+)
 from meddialog.errors import UserError
 from meddialog.params import load_params
+from meddialog.paths import RAW_DIR, VERL_DATA_DIR
 from meddialog.verl.data import write_verl_parquet
 
 log = logging.getLogger("process")
 
-RAW_DIR = Path("data/raw")
-VERL_DIR = Path("data/verl")
 METRICS_FILE = Path("metrics/data.json")
 
 
 def main() -> None:
     params = load_params()
     data = params.data
-    for out in (PROCESSED_DIR, VERL_DIR):
+    for out in (PROCESSED_DIR, VERL_DATA_DIR):
         if out.exists():
             shutil.rmtree(out)
     totals = SourceReport()
@@ -57,7 +63,7 @@ def main() -> None:
         _add(totals, report)
         log.info("%s: %d in, %d kept, dropped %s, split %s", source, report.records_in, report.kept,
                  dict(report.dropped) or "none", report.splits)
-    write_verl_parquet(combined, VERL_DIR)
+    write_verl_parquet(combined, VERL_DATA_DIR)
     METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
     METRICS_FILE.write_text(json.dumps({**totals.as_metrics(""), **metrics}, indent=2) + "\n")
     log.info("total: %d in, %d kept, %d dropped", totals.records_in, totals.kept, sum(totals.dropped.values()))

@@ -21,11 +21,10 @@ from pathlib import Path
 
 from meddialog import cli
 from meddialog.params import load_params
+from meddialog.paths import BASE_DIR, SFT_DIR
 
 log = logging.getLogger("sft")
 
-BASE_DIR = Path("models/base")
-OUT_DIR = Path("models/sft")
 HISTORY_FILE = Path("metrics/sft_history.csv")
 SUMMARY_FILE = Path("metrics/sft_train.json")
 HISTORY_COLUMNS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm")
@@ -71,14 +70,31 @@ def main() -> None:
     from transformers import set_seed
     from trl import SFTConfig
 
-    from meddialog.modeling.loading import load_model
-    from meddialog.modeling.precision import as_record, provenance, resolve, write_provenance
-    from meddialog.tracking import flatten, start_run
     from meddialog.data.dataset import read_split
     from meddialog.digests import fingerprint
-    from meddialog.training.trainer import (common_trainer_args, effective_batch_size, keep_lora_float32, last_checkpoint,
-                                 lora_change_callback, lora_config, mlflow_callback, peak_memory_gb, refuse_data_parallel,
-                                 save_adapter, steps_done, write_history, write_json)
+    from meddialog.modeling.loading import load_model
+    from meddialog.modeling.precision import (
+        as_record,
+        provenance,
+        resolve,
+        write_provenance,
+    )
+    from meddialog.tracking import flatten, start_run
+    from meddialog.training.trainer import (
+        common_trainer_args,
+        effective_batch_size,
+        keep_lora_float32,
+        last_checkpoint,
+        lora_change_callback,
+        lora_config,
+        mlflow_callback,
+        peak_memory_gb,
+        refuse_data_parallel,
+        save_adapter,
+        steps_done,
+        write_history,
+        write_json,
+    )
 
     precision = resolve(params.model)  # 4-bit asked for without bitsandbytes stops here, before any loading
     set_seed(params.seed)
@@ -141,7 +157,7 @@ def main() -> None:
         eval_end = trainer.evaluate()["eval_loss"]
 
         # -------------------------------------------------------------- save (main process writes)
-        save_adapter(trainer, OUT_DIR, BASE_DIR, (), stage="sft", run_key=run_key, train_examples=len(train_set),
+        save_adapter(trainer, SFT_DIR, BASE_DIR, (), stage="sft", run_key=run_key, train_examples=len(train_set),
                      precision=as_record(precision))
         if trainer.is_world_process_zero():
             # TRL's num_tokens counts real tokens (of all processes); the Trainer's num_input_tokens_seen
@@ -161,9 +177,9 @@ def main() -> None:
             write_provenance("sft_train", provenance(precision, processes=config.world_size), run)
             run.log_metrics({f"final_{k}": v for k, v in summary.items()})
             if params.mlflow.log_models:
-                run.log_artifacts(OUT_DIR, "adapter")
+                run.log_artifacts(SFT_DIR, "adapter")
             log.info("eval loss %.4f -> %.4f in %d steps (%.0f s, %.0f tokens/s); adapter in %s",
-                     eval_start, eval_end, summary["steps"], runtime, summary["tokens_per_s"], OUT_DIR)
+                     eval_start, eval_end, summary["steps"], runtime, summary["tokens_per_s"], SFT_DIR)
 
 
 def _real_tokens(log_history) -> float:

@@ -22,12 +22,10 @@ from pathlib import Path
 
 from meddialog import cli
 from meddialog.params import load_params
+from meddialog.paths import BASE_DIR, SFT_DIR, VERL_DATA_DIR, VERL_GRPO_DIR
 
 log = logging.getLogger("verl_grpo")
 
-BASE_DIR = Path("models/base")
-SFT_DIR = Path("models/sft")
-OUT_DIR = Path("models/verl/grpo")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,10 +34,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from meddialog.errors import UserError
     from meddialog.verl.export import checkpoint_arg, export, merge_sft, run_dir
-    from meddialog.verl.launch import DATA_DIR, export_command, grpo_command, run
+    from meddialog.verl.launch import export_command, grpo_command, run
 
     root = Path.cwd()
-    data = [DATA_DIR / "rl_train.parquet", DATA_DIR / "rl_val.parquet"]
+    data = [VERL_DATA_DIR / "rl_train.parquet", VERL_DATA_DIR / "rl_val.parquet"]
     verl = params.verl
     run_path = run_dir("grpo", (verl.grpo, verl.nnodes, verl.n_gpus_per_node, params.lora, params.seed,
                                 params.model.trust_remote_code),
@@ -49,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     if dry_run:
         print(f"# {BASE_DIR} + {SFT_DIR} merged into {root / init_dir} (meddialog.verl.export.merge_sft)")
         print(train.shell())
-        print(export_command(params, root, checkpoint_arg(root / run_path, actor=True, known=False), OUT_DIR).shell())
-        print(f"# then {OUT_DIR}/lora_adapter: lora_alpha {params.lora.alpha} (lora.alpha) and lineage.json")
+        print(export_command(params, root, checkpoint_arg(root / run_path, actor=True, known=False), VERL_GRPO_DIR).shell())
+        print(f"# then {VERL_GRPO_DIR}/lora_adapter: lora_alpha {params.lora.alpha} (lora.alpha) and lineage.json")
         return
 
     missing = [str(p) for p in (*data, BASE_DIR / "config.json", SFT_DIR / "adapter_config.json") if not p.is_file()]
@@ -58,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"missing {', '.join(missing)}: run the main pipeline first (`dvc repro sft`)")
     merge_sft(SFT_DIR, params.model, init_dir)
     run(train, "verl GRPO")
-    adapter = export(params, root, run_path, actor=True, target=OUT_DIR,
+    adapter = export(params, root, run_path, actor=True, target=VERL_GRPO_DIR,
                      started_from={"base_model": str(BASE_DIR), "adapters": [str(SFT_DIR)]})
     log.info("wrote %s (evaluate: python -m tools.evaluate --model-path %s ...)", adapter, adapter)
 

@@ -19,11 +19,10 @@ from pathlib import Path
 
 from meddialog import cli
 from meddialog.params import load_params
+from meddialog.paths import BASE_DIR, VERL_DATA_DIR, VERL_SFT_DIR
 
 log = logging.getLogger("verl_sft")
 
-BASE_DIR = Path("models/base")
-OUT_DIR = Path("models/verl/sft")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,10 +31,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from meddialog.errors import UserError
     from meddialog.verl.export import checkpoint_arg, export, run_dir
-    from meddialog.verl.launch import DATA_DIR, export_command, run, sft_command
+    from meddialog.verl.launch import export_command, run, sft_command
 
     root = Path.cwd()
-    data = [DATA_DIR / "sft_train.parquet", DATA_DIR / "sft_val.parquet"]
+    data = [VERL_DATA_DIR / "sft_train.parquet", VERL_DATA_DIR / "sft_val.parquet"]
     verl = params.verl
     run_path = run_dir("sft", (verl.sft, verl.nnodes, verl.n_gpus_per_node, params.lora, params.seed,
                                params.model.trust_remote_code),
@@ -43,15 +42,15 @@ def main(argv: list[str] | None = None) -> None:
     train = sft_command(params, root, BASE_DIR, run_path)
     if dry_run:
         print(train.shell())
-        print(export_command(params, root, checkpoint_arg(root / run_path, actor=False, known=False), OUT_DIR).shell())
-        print(f"# then {OUT_DIR}/lora_adapter: lora_alpha {params.lora.alpha} (lora.alpha) and lineage.json")
+        print(export_command(params, root, checkpoint_arg(root / run_path, actor=False, known=False), VERL_SFT_DIR).shell())
+        print(f"# then {VERL_SFT_DIR}/lora_adapter: lora_alpha {params.lora.alpha} (lora.alpha) and lineage.json")
         return
 
     missing = [str(p) for p in (*data, BASE_DIR / "config.json") if not p.is_file()]
     if missing:
         raise UserError(f"missing {', '.join(missing)}: run the main pipeline first (`dvc repro process base_model`)")
     run(train, "verl SFT")
-    adapter = export(params, root, run_path, actor=False, target=OUT_DIR, started_from={"base_model": str(BASE_DIR)})
+    adapter = export(params, root, run_path, actor=False, target=VERL_SFT_DIR, started_from={"base_model": str(BASE_DIR)})
     log.info("wrote %s (evaluate: python -m tools.evaluate --model-path %s ...)", adapter, adapter)
 
 

@@ -4,10 +4,18 @@ import json
 
 import pytest
 
-from tools.bench import (Geometry, main, merge_results, model_geometry, parser, safetensors_shapes,
-                          sft_flops_per_token, summary)
 from meddialog.params import LoraParams
 from tests.conftest import REPO, run_stage
+from tools.bench import (
+    Geometry,
+    main,
+    merge_results,
+    model_geometry,
+    parser,
+    safetensors_shapes,
+    sft_flops_per_token,
+    summary,
+)
 
 # A two-layer Llama-like model: hidden 8, MLP 16, 2 query heads and 1 key/value head of dim 4, vocab 32.
 TINY_SHAPES = {"model.embed_tokens.weight": [32, 8], "model.norm.weight": [8]}

@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from tools.check_metrics import check, declared_metrics
 from tests.conftest import REPO, run_stage
+from tools.check_metrics import check, declared_metrics
 
 
 @pytest.fixture

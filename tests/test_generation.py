@@ -3,10 +3,14 @@ import dataclasses
 import pytest
 import torch
 
-from tools.bench import tutorial_loop
-from meddialog.modeling.generation import generate, prompt_messages, shared_prefix_length
+from meddialog.modeling.generation import (
+    generate,
+    prompt_messages,
+    shared_prefix_length,
+)
 from meddialog.modeling.loading import load_model
 from meddialog.params import GenerationParams, ModelParams
+from tools.bench import tutorial_loop
 
 MODEL = ModelParams(name="unused")
 PROMPTS = [

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from tools.plots_template import page
 from meddialog.evaluation.report import comparison_plot_csv
 from tests.conftest import REPO, run_stage, sh
+from tools.plots_template import page
 
 # Enough of the checkout for DVC to collect the plots: the pipeline, its config and templates, metrics.
 PLOT_FILES = (".gitignore", ".dvc", "dvc.yaml", "dvc.lock", "params.yaml", "metrics")

@@ -1,6 +1,11 @@
 import json
 
-from meddialog.data.dataset import SourceReport, drop_duplicates, parse_records, split_records
+from meddialog.data.dataset import (
+    SourceReport,
+    drop_duplicates,
+    parse_records,
+    split_records,
+)
 from meddialog.params import SplitParams
 from tests.conftest import read_jsonl, run_stage, write_jsonl, write_params
 

@@ -8,10 +8,16 @@ import pytest
 import torch
 
 from meddialog.errors import UserError
-from meddialog.training.launch import single_process_device
 from meddialog.params import ModelParams
+from meddialog.training.launch import single_process_device
 from meddialog.training.trainer import refuse_data_parallel
-from tests.conftest import make_adapter, mlflow_runs, read_jsonl, run_stage, write_params
+from tests.conftest import (
+    make_adapter,
+    mlflow_runs,
+    read_jsonl,
+    run_stage,
+    write_params,
+)
 
 FULL = ModelParams(name="unused", load_in_4bit=False)
 NF4 = ModelParams(name="unused", load_in_4bit=True)

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import clone_with_cache, commit, copy_checkout, free_port, ok, sh, stop
+from tests.conftest import (
+    clone_with_cache,
+    commit,
+    copy_checkout,
+    free_port,
+    ok,
+    sh,
+    stop,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -1,8 +1,8 @@
 """Reward components on literal, hand-made completions (adversarial ones included)."""
 import pytest
 
-from meddialog.training import rewards
 from meddialog.params import RewardParams
+from meddialog.training import rewards
 
 REF = "Rest, drink plenty of fluids and see a doctor if the fever lasts more than three days."
 ALL_ON = RewardParams(similarity=1.0, embedding=1.0, length=1.0, coherence=1.0, quality=1.0, safety=1.0)

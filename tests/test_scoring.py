@@ -1,6 +1,12 @@
 import pytest
 
-from meddialog.evaluation.scoring import repetition, rouge_l, score, sentence_bleu, tokenize
+from meddialog.evaluation.scoring import (
+    repetition,
+    rouge_l,
+    score,
+    sentence_bleu,
+    tokenize,
+)
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@
 
 A stage runs `python -m stages.<module>` (or `meddialog.training.launch <module>`); the modules it needs
 are those imports of `stages.*` and `meddialog.*`, followed transitively. Left out by convention:
-meddialog's cli, errors, params and tracking (the command line, error type, params loading and MLflow
-logging, which do not change what a stage computes; params changes reach stages through their
-`params:` sections).
+meddialog's cli, errors, params, paths and tracking (the command line, error type, params loading, the
+locations of data and models, and MLflow logging, which do not change what a stage computes; params
+changes reach stages through their `params:` sections, and the locations are dvc.yaml's own deps and outs).
 """
 import ast
 import re
@@ -15,7 +15,7 @@ import yaml
 
 from tests.conftest import REPO
 
-NOT_DEPS = {"meddialog.cli", "meddialog.errors", "meddialog.params", "meddialog.tracking"}
+NOT_DEPS = {"meddialog.cli", "meddialog.errors", "meddialog.params", "meddialog.paths", "meddialog.tracking"}
 PIPELINES = ("dvc.yaml", "pipelines/verl/dvc.yaml")
 PROJECT_PACKAGES = ("stages", "meddialog")
 

@@ -49,13 +49,11 @@ from typing import Callable
 from meddialog import cli
 from meddialog.errors import UserError
 from meddialog.params import PARAMS_FILE, LoraParams, read_yaml, set_dotted
+from meddialog.paths import BASE_DIR, PROCESSED_DIR, SFT_DIR
 
 log = logging.getLogger("bench")
 
 OUT_FILE = Path("metrics/bench.json")
-BASE_DIR = Path("models/base")
-SFT_DIR = Path("models/sft")
-PROCESSED_DIR = Path("data/processed")
 # What each part reads from the pipeline, and the stage that makes it
 INPUTS = {"generation": ((BASE_DIR, "base_model"), (PROCESSED_DIR, "process")),
           "sft": ((BASE_DIR, "base_model"), (PROCESSED_DIR, "process")),

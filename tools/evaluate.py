@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from meddialog import cli
+
 DEFAULT_OUT_DIR = Path("scratch/evaluate")
 
 
@@ -39,9 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from meddialog.errors import UserError
     from meddialog.evaluation.evaluate import evaluate_model, read_conversations, select
+    from meddialog.evaluation.scoring import Embedder
     from meddialog.modeling.loading import model_chain
     from meddialog.params import load_params
-    from meddialog.evaluation.scoring import Embedder
 
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1 (got {args.num_samples})")

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator
 from meddialog import cli
 from meddialog.errors import UserError
 from meddialog.params import PARAMS_FILE, load_params, set_dotted
+from meddialog.paths import BASE_DIR, SFT_DIR
 
 log = logging.getLogger("gpu_smoke")
 
@@ -201,7 +202,7 @@ def check_adapter_retention() -> dict:
 
     with in_workspace():
         params = load_params()
-        figures = retention(Path("models/sft"), sample_conversations(params, 8), params.model)
+        figures = retention(SFT_DIR, sample_conversations(params, 8), params.model)
     ok = all(math.isfinite(v) for v in figures.values()) and figures["chain_rule"] < figures["merge_into_4bit"]
     return {"ok": ok, **figures}
 
@@ -226,7 +227,7 @@ def check_generation_bf16() -> dict:
     with in_workspace():
         params = load_params()
         bf16 = replace(params.model, load_in_4bit=False, dtype="bfloat16")
-        model, tokenizer = load_model(Path("models/base"), bf16, (Path("models/sft"),))
+        model, tokenizer = load_model(BASE_DIR, bf16, (SFT_DIR,))
         prompts = [prompt_messages(c["messages"]) for c in sample_conversations(params, 16)]
         generation = GenerationParams(max_new_tokens=64, batch_size=16)
         with torch.inference_mode():

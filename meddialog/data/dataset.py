@@ -17,14 +17,19 @@ import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from meddialog.data.conversations import DROP_REASONS, USER, Dropped, normalised, to_turns
+from meddialog.data.conversations import (
+    DROP_REASONS,
+    USER,
+    Dropped,
+    normalised,
+    to_turns,
+)
 from meddialog.errors import UserError
 from meddialog.params import SplitParams
+from meddialog.paths import PROCESSED_DIR
 
 SPLITS = ("train", "val", "test")
-PROCESSED_DIR = Path("data/processed")
 
 
 @dataclass

@@ -14,16 +14,16 @@ from pathlib import Path
 from meddialog.data.conversations import Dropped, to_turns
 from meddialog.data.dataset import read_split
 from meddialog.errors import UserError
+from meddialog.evaluation.scoring import Embedder, score
 from meddialog.modeling.generation import generate, prompt_messages
 from meddialog.modeling.loading import chain_precision, load_model, model_chain
-from meddialog.params import Params
 from meddialog.modeling.precision import provenance, write_provenance
-from meddialog.evaluation.scoring import Embedder, score
+from meddialog.params import Params
+from meddialog.paths import METRICS_DIR
 from meddialog.tracking import flatten, start_run
 
 log = logging.getLogger(__name__)
 
-METRICS_DIR = Path("metrics")
 
 
 def test_conversations(sources: list[str]) -> list[dict]:

@@ -23,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from meddialog import cli
+from meddialog.paths import SFT_DIR
+
 log = logging.getLogger("retention")
 
 MAX_TOKENS = 512
@@ -92,7 +94,7 @@ def retention(adapter: Path, conversations: list[dict], model_params) -> dict[st
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m meddialog.evaluation.retention", description=__doc__.split("\n")[0])
-    parser.add_argument("--adapter", type=Path, default=Path("models/sft"))
+    parser.add_argument("--adapter", type=Path, default=SFT_DIR)
     parser.add_argument("--num-samples", type=int, default=8, help="test dialogues (seeded selection, default 8)")
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)

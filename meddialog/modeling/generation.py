@@ -126,7 +126,10 @@ def _decode_batch(model, prefix_cache, prefix_len: int, rests: list[list[int]], 
 def _pick(logits, params: GenerationParams):
     """Greedy argmax, or a sample at `temperature` from the `top_p` nucleus."""
     import torch
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     if not params.do_sample:
         return logits.argmax(dim=-1)

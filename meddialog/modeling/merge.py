@@ -26,10 +26,10 @@ from pathlib import Path
 
 from meddialog import cli
 from meddialog.errors import UserError
+from meddialog.paths import MERGED_ROOT
 
 log = logging.getLogger("merge")
 
-MERGED_ROOT = Path("scratch/merged")
 COMPLETE = "merge.json"  # written last: a directory without it is an interrupted merge
 KEEP = 2
 CODE_ROOT = Path(__file__).resolve().parents[2]

@@ -21,8 +21,8 @@ from typing import Any
 
 from meddialog.errors import UserError
 from meddialog.params import ModelParams
+from meddialog.paths import PROVENANCE_DIR
 
-PROVENANCE_DIR = Path("metrics/provenance")
 # the libraries whose versions change the numbers (kernels, trainers, adapter code, quantization)
 VERSIONED = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate")
 

@@ -27,8 +27,8 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any, Callable
 
-from meddialog.params import RewardParams
 from meddialog.evaluation.scoring import repetition, rouge_l, words
+from meddialog.params import RewardParams
 
 COMPONENTS = ("similarity", "embedding", "length", "coherence", "quality", "safety")
 

@@ -16,12 +16,12 @@ from typing import Any
 
 from meddialog.errors import UserError
 from meddialog.modeling.loading import write_lineage
-from meddialog.params import LoraParams
 from meddialog.modeling.precision import Precision
+from meddialog.params import LoraParams
+from meddialog.paths import CHECKPOINT_ROOT
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_ROOT = Path("scratch/checkpoints")
 
 
 def checkpoint_dir(stage: str, key: str) -> Path:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from meddialog.errors import UserError
 from meddialog.params import LoraParams, ModelParams, Params
+from meddialog.paths import VERL_CHECKPOINT_ROOT
 from meddialog.verl.launch import Expanded, export_command, run
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_ROOT = Path("models/verl/checkpoints")
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"  # verl writes it beside global_step_<n>/
 ADAPTER_DIR = "lora_adapter"  # where verl's model merger puts a LoRA checkpoint's adapter
 
@@ -33,7 +33,7 @@ def run_dir(stage: str, params: tuple, inputs: list[Path]) -> Path:
     """This run's checkpoint directory: <stage>-<hash of its params and input files>."""
     from meddialog.digests import fingerprint
 
-    return CHECKPOINT_ROOT / f"{stage}-{fingerprint(*params, inputs_digest(inputs))}"
+    return VERL_CHECKPOINT_ROOT / f"{stage}-{fingerprint(*params, inputs_digest(inputs))}"
 
 
 def inputs_digest(paths: list[Path]) -> str:
@@ -70,8 +70,8 @@ def merge_sft(sft_dir: Path, model: ModelParams, out_dir: Path) -> None:
     since verl and its rollout engine load these weights as they are; merged in a CPU process of its
     own (meddialog/modeling/merge.py), so no GPU memory is held here while verl and vLLM start.
     """
-    from meddialog.modeling.merge import merge_in_subprocess
     from meddialog.modeling.loading import LINEAGE_FILE, model_chain, write_lineage
+    from meddialog.modeling.merge import merge_in_subprocess
     from meddialog.modeling.precision import resolve
 
     # lineage.json is written last: a merge killed before it is redone (merge_chain replaces out_dir)

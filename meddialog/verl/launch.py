@@ -22,12 +22,12 @@ from typing import Any
 
 from meddialog.errors import UserError
 from meddialog.params import LoraParams, Params
+from meddialog.paths import VERL_DATA_DIR
 from meddialog.tracking import repo_root, tracking_uri
 
 CODE_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = CODE_ROOT / "configs" / "verl"
 REWARD_FILE = CODE_ROOT / "meddialog" / "training" / "rewards.py"  # verl loads `compute_score` from it
-DATA_DIR = Path("data/verl")
 
 
 class Expanded(str):
@@ -105,8 +105,8 @@ def sft_command(params: Params, root: Path, model_dir: Path, run_dir: Path) -> C
     """`torchrun -m verl.trainer.sft_trainer` on one node; `verl.trainer.sft_trainer_ray` on a Ray cluster."""
     verl, sft = params.verl, params.verl.sft
     overrides = {
-        "data.train_files": root / DATA_DIR / "sft_train.parquet",
-        "data.val_files": root / DATA_DIR / "sft_val.parquet",
+        "data.train_files": root / VERL_DATA_DIR / "sft_train.parquet",
+        "data.val_files": root / VERL_DATA_DIR / "sft_val.parquet",
         "data.train_batch_size": sft.batch_size,
         "data.max_length": sft.max_length,
         "model.path": root / model_dir,
@@ -142,8 +142,8 @@ def grpo_command(params: Params, root: Path, model_dir: Path, run_dir: Path) -> 
     model = "actor_rollout_ref.model."
     env = launch_env()
     overrides = {
-        "data.train_files": root / DATA_DIR / "rl_train.parquet",
-        "data.val_files": root / DATA_DIR / "rl_val.parquet",
+        "data.train_files": root / VERL_DATA_DIR / "rl_train.parquet",
+        "data.val_files": root / VERL_DATA_DIR / "rl_val.parquet",
         "data.train_batch_size": grpo.batch_size,
         "data.max_prompt_length": grpo.max_prompt_length,
         "data.max_response_length": grpo.max_completion_length,

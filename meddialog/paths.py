@@ -1,0 +1,21 @@
+"""Where the pipeline's data, models and metrics live, relative to the repository root (the working
+directory of every stage, as DVC runs them). dvc.yaml names the same paths as deps and outs."""
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+PROCESSED_DIR = Path("data/processed")
+VERL_DATA_DIR = Path("data/verl")
+
+BASE_DIR = Path("models/base")
+SFT_DIR = Path("models/sft")
+GRPO_DIR = Path("models/grpo")
+VERL_SFT_DIR = Path("models/verl/sft")
+VERL_GRPO_DIR = Path("models/verl/grpo")
+VERL_CHECKPOINT_ROOT = Path("models/verl/checkpoints")
+
+METRICS_DIR = Path("metrics")
+PROVENANCE_DIR = METRICS_DIR / "provenance"
+
+SCRATCH_DIR = Path("scratch")
+CHECKPOINT_ROOT = SCRATCH_DIR / "checkpoints"  # TRL runs, for resuming (not DVC outputs)
+MERGED_ROOT = SCRATCH_DIR / "merged"          # adapter chains merged in full precision, cached
