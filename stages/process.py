@@ -16,17 +16,16 @@ from pathlib import Path
 
 from meddialog import cli
 from meddialog.data.dataset import (
-    PROCESSED_DIR,
     SPLITS,
     SourceReport,
     drop_duplicates,
     parse_records,
-    seeded_subset,
     split_records,
 )
+from meddialog.data.subsets import seeded_subset
 from meddialog.errors import UserError
 from meddialog.params import load_params
-from meddialog.paths import RAW_DIR, VERL_DATA_DIR
+from meddialog.paths import PROCESSED_DIR, RAW_DIR, VERL_DATA_DIR
 from meddialog.verl.data import write_verl_parquet
 
 log = logging.getLogger("process")

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from meddialog.data.sources import subset_indices
+from meddialog.data.subsets import seeded_indices
 from tests.conftest import read_jsonl, run_stage, write_params
 
 RECORDS = [{"instruction": "Answer this question truthfully", "input": f"Question {i}?", "output": f"Answer {i}."}
@@ -43,11 +43,11 @@ def test_local_files_are_copied_unchanged(tmp_path, suffix):
 
 
 def test_subset_is_seeded_and_ordered():
-    assert subset_indices(10, 0, 1) == list(range(10))
-    assert subset_indices(10, 20, 1) == list(range(10))
-    first = subset_indices(100, 10, seed=3)
-    assert first == subset_indices(100, 10, seed=3) == sorted(first) and len(first) == 10
-    assert first != subset_indices(100, 10, seed=4)
+    assert seeded_indices(10, 0, 1) == list(range(10))
+    assert seeded_indices(10, 20, 1) == list(range(10))
+    first = seeded_indices(100, 10, seed=3)
+    assert first == seeded_indices(100, 10, seed=3) == sorted(first) and len(first) == 10
+    assert first != seeded_indices(100, 10, seed=4)
 
 
 def test_embedded_default_downloads_offline(project):

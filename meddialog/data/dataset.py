@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -111,14 +110,6 @@ def split_records(records: list[dict], ratios: SplitParams, seed: int) -> dict[s
     for name in SPLITS:
         splits[name].sort(key=lambda r: r["id"])
     return splits
-
-
-def seeded_subset(records: list[dict], size: int, seed: int) -> list[dict]:
-    """`size` records chosen with `seed`, in their original order."""
-    if size >= len(records):
-        return list(records)
-    chosen = set(random.Random(seed).sample(range(len(records)), size))
-    return [r for i, r in enumerate(records) if i in chosen]
 
 
 def read_split(sources: list[str], split: str) -> list[dict]:

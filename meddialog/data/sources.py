@@ -9,9 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import random
 from pathlib import Path
 
+from meddialog.data.subsets import seeded_indices
 from meddialog.errors import UserError
 from meddialog.hub import select_endpoint
 from meddialog.params import DataParams, SourceParams
@@ -26,16 +26,9 @@ def read_source(name: str, source: SourceParams, data: DataParams, seed: int) ->
     if source.path.startswith("hf:"):
         return _read_hub(name, source, data, seed)
     lines = _read_local(name, Path(source.path))
-    indices = subset_indices(len(lines), source.num_samples, seed)
+    indices = seeded_indices(len(lines), source.num_samples, seed)
     log.info("%s: %d of %d records from %s", name, len(indices), len(lines), source.path)
     return [lines[i] for i in indices]
-
-
-def subset_indices(total: int, num_samples: int, seed: int) -> list[int]:
-    """Seeded random subset, kept in the source's order; 0 or more than available = all."""
-    if num_samples <= 0 or num_samples >= total:
-        return list(range(total))
-    return sorted(random.Random(seed).sample(range(total), num_samples))
 
 
 def _read_local(name: str, path: Path) -> list[str]:
@@ -88,6 +81,6 @@ def _read_hub(name: str, source: SourceParams, data: DataParams, seed: int) -> l
         ds = datasets.load_dataset(dataset_id, split=source.split, revision=source.revision)
     except (FileNotFoundError, ValueError) as err:
         raise UserError(f"data.sources.{name}: cannot load {dataset_id} split {source.split!r}: {err}") from None
-    indices = subset_indices(len(ds), source.num_samples, seed)
+    indices = seeded_indices(len(ds), source.num_samples, seed)
     log.info("%s: %d of %d records from %s", name, len(indices), len(ds), source.path)
     return [json.dumps(r, ensure_ascii=False, default=str) for r in ds.select(indices)]
