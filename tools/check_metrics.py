@@ -16,6 +16,7 @@ from pathlib import Path
 
 from meddialog import cli
 from meddialog.errors import UserError
+from meddialog.params import read_yaml
 
 log = logging.getLogger("check_metrics")
 
@@ -23,10 +24,9 @@ MODEL_METRICS = ("metrics/baseline.json", "metrics/sft.json", "metrics/grpo.json
 
 
 def declared_metrics(dvc_yaml: Path) -> list[str]:
-    """Paths of the metrics files the pipeline declares (per stage and top level)."""
-    import yaml
-
-    spec = yaml.safe_load(dvc_yaml.read_text()) or {}
+    """Paths of the metrics files the pipeline declares (per stage and top level); dvc.yaml read with
+    YAML 1.2 rules, as DVC reads it."""
+    spec = read_yaml(dvc_yaml) or {}
     entries = list(spec.get("metrics") or [])
     for stage in (spec.get("stages") or {}).values():
         entries += stage.get("metrics") or []
