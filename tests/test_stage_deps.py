@@ -6,40 +6,16 @@ meddialog's cli, errors, params, paths and tracking (the command line, error typ
 locations of data and models, and MLflow logging, which do not change what a stage computes; params
 changes reach stages through their `params:` sections, and the locations are dvc.yaml's own deps and outs).
 """
-import ast
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.imports import imported_modules
 
 NOT_DEPS = {"meddialog.cli", "meddialog.errors", "meddialog.params", "meddialog.paths", "meddialog.tracking"}
 PIPELINES = ("dvc.yaml", "pipelines/verl/dvc.yaml")
-PROJECT_PACKAGES = ("stages", "meddialog")
-
-
-def module_file(module: str) -> Path | None:
-    """The project file of a dotted module name, None for a package (its __init__ is empty) or a name
-    that is not a module (`from meddialog.modeling.loading import load_model` names a function)."""
-    path = REPO / Path(*module.split("."))
-    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
-
-
-def imported_modules(module: str) -> set[str]:
-    """The project modules `module` imports (at module level or inside functions), as dotted names."""
-    tree = ast.parse(module_file(module).read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PROJECT_PACKAGES:
-            found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from meddialog import cli`
-        elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.split(".")[0] in PROJECT_PACKAGES}
-    return {name for name in found if module_file(name)}
-
-
 def modules_run_by(command: str) -> set[str]:
     seen: set[str] = set()
     entry = re.search(r"python -m ([\w.]+)(?: (\w+))?", command)
