@@ -28,14 +28,14 @@ test: setup setup-verl
 	$(VERL_VENV)/bin/python -m pytest tests_verl
 
 # Every benchmark (tools/bench.py) on this machine, merged into metrics/bench.json and printed as a table;
-# needs the pipeline's outputs (`make repro`) and takes about half an hour, a from-scratch `dvc repro` included.
+# needs the pipeline's outputs (`make repro`); a from-scratch `dvc repro` is one of its parts (durations: docs/performance.md).
 .PHONY: bench
 bench: setup
 	$(BIN)/python -m tools.bench all
 
 # The GPU check (tools/gpu_smoke.py): 4-bit SFT, adapter retention, GRPO, bf16 generation, torchrun,
 # FSDP + resume, in scratch/gpu-smoke/ (report.json + a table), a few minutes on one GPU. Stops with one
-# line where torch sees no CUDA device: make .venv a CUDA one first (README, GPU install; `make gpu-check`).
+# line where torch sees no CUDA device: make .venv a CUDA one first (docs/scaling.md, GPU install; `make gpu-check`).
 .PHONY: gpu-check gpu-smoke gpu-smoke-bundle
 gpu-check: setup
 	$(BIN)/python -m tools.gpu_check

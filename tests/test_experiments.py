@@ -1,5 +1,5 @@
 """The experiment workflow on the tiny pipeline, as a user types it: status after a param edit,
-`dvc exp run -S`, a queue of two, `dvc exp show` (the README's recipe) and `dvc metrics diff`."""
+`dvc exp run -S`, a queue of two, `dvc exp show` (the recipe of docs/experiments.md) and `dvc metrics diff`."""
 import csv
 import io
 import json

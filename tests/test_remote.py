@@ -80,7 +80,7 @@ USER, PASSWORD = "alice", "pw" + secrets.token_hex(12)  # never starting with "-
 @pytest.fixture
 def webdav(tmp_path_factory):
     """A WsgiDAV server on a free port of 127.0.0.1, basic auth, sharing `<root>/share` (with the
-    remote's folder `meddialog/` already there, as on a real server: see README). Yields
+    remote's folder `meddialog/` already there, as on a real server: see docs/remotes-and-mlflow.md). Yields
     (url, share directory, process). gunicorn serves it: already installed (MLflow uses it), and its
     threads handle DVC's parallel uploads; its control socket, a file under ~/, is turned off."""
     root = tmp_path_factory.mktemp("webdav")
@@ -114,7 +114,7 @@ def webdav(tmp_path_factory):
 
 
 def add_webdav_remote(repo: Path, url: str | None) -> None:
-    """The README's recipe: URL in .dvc/config (committed), credentials in .dvc/config.local (never)."""
+    """The recipe of docs/remotes-and-mlflow.md: URL in .dvc/config (committed), credentials in .dvc/config.local (never)."""
     if url:
         ok(sh("dvc", "remote", "add", "webdav", url, cwd=repo))
     ok(sh("dvc", "remote", "modify", "--local", "webdav", "user", USER, cwd=repo))

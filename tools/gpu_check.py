@@ -1,6 +1,6 @@
 """Is this environment ready for the GPU recipe? Prints what it found; fails with one line if not.
 
-    python -m tools.gpu_check          # after the CUDA install of README "GPU install"
+    python -m tools.gpu_check          # after the CUDA install of docs/scaling.md, "GPU install"
 
 Checks, in order, stopping at the first that fails: torch is a CUDA build and sees a GPU; bfloat16 is
 supported on it; bitsandbytes loads its CUDA library (not the CPU one) and runs an NF4 matmul on the
@@ -14,7 +14,7 @@ import importlib.util
 from meddialog import cli
 from meddialog.errors import UserError
 
-INSTALL_HINT = "see README, GPU install"
+INSTALL_HINT = "see docs/scaling.md, GPU install"
 
 
 def cuda_summary() -> dict[str, str]:

@@ -61,7 +61,7 @@ BASE_OVERRIDES = {
     "sft.save_steps": 1000,
     "sft.resume": "never",
     "grpo.max_steps": 3,
-    "grpo.lr": 1.0e-5,           # the README's GPU rate for GRPO: the one bf16 LoRA weights would round away
+    "grpo.lr": 1.0e-5,           # the GPU recipe's rate for GRPO (docs/scaling.md): the one bf16 LoRA weights would round away
     "grpo.save_steps": 1000,
     "grpo.resume": "never",
     "grpo.max_completion_length": 32,

@@ -1,15 +1,15 @@
 """SFT batches of similar length, without reordering training by length.
 
 A batch is padded to its longest example and the padding is computed like real tokens, so with
-random batches of 4 at sft.max_length 256, 30% of the SFT compute here goes to padding. Sorting the
+random batches of 4 at sft.max_length 256, about a third of the SFT compute here goes to padding. Sorting the
 whole dataset by length removes it (transformers' `group_by_length`), but then a run shorter than
 an epoch (the CPU default trains 24 steps) sees only the longest examples, and quality drops.
 
 This sampler sorts only within windows: it shuffles the dataset (seeded), cuts the order into
 windows of `window_batches` batches, sorts each window by length, cuts it into batches and shuffles
 those batches within the window. Training therefore sees the same examples, window by window, as
-with random batches, while each batch holds examples of similar length (README Performance:
-3.5% padding over the default 24 steps with windows of 8 batches).
+with random batches, while each batch holds examples of similar length (the padding measured
+with and without it: docs/performance.md, 'SFT: batches of similar length').
 """
 from __future__ import annotations
 
