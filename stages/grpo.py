@@ -17,22 +17,25 @@ Why the loss sits near 0: GRPO's advantages are normalised within each group, so
 zero, and the logged loss (advantage-weighted ratio, plus beta × KL) starts at ~0 and stays small
 even while the policy improves. Watch `reward` (rising), `reward_std` (not collapsing to 0),
 `kl` and `frac_reward_zero_std` instead; all are in metrics/grpo_history.csv and MLflow.
+
+This file is the recipe (prompts, rewards, model, TRL config, trainer); meddialog/training/run.py
+runs it as it runs sft's: run key, resume, MLflow, outputs (models/grpo, metrics/grpo_train.json).
 """
 from __future__ import annotations
 
 import logging
 import statistics
-import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meddialog import cli
 from meddialog.params import load_params
 from meddialog.paths import BASE_DIR, GRPO_DIR, SFT_DIR
 
+if TYPE_CHECKING:
+    from meddialog.training.run import Trained
+
 log = logging.getLogger("grpo")
 
-HISTORY_FILE = Path("metrics/grpo_history.csv")
-SUMMARY_FILE = Path("metrics/grpo_train.json")
 # When more than this share of groups has identical rewards, most prompts teach nothing.
 ZERO_STD_WARNING = 0.5
 
@@ -55,39 +58,20 @@ def main() -> None:
     params = load_params()
     grpo = params.grpo
 
-    # ------------------------------------------------------------------ seed, data, rewards
     from datasets import Dataset
-    from transformers import TrainerCallback, set_seed
+    from transformers import set_seed
     from trl import GRPOConfig, GRPOTrainer
 
     from meddialog.data.dataset import read_split
-    from meddialog.digests import file_digest, fingerprint
+    from meddialog.digests import file_digest
     from meddialog.errors import UserError
     from meddialog.modeling.loading import load_model
-    from meddialog.modeling.precision import (
-        as_record,
-        provenance,
-        resolve,
-        write_provenance,
-    )
-    from meddialog.tracking import flatten, start_run
+    from meddialog.modeling.precision import resolve
     from meddialog.training.rewards import COMPONENTS, reward_functions
-    from meddialog.training.trainer import (
-        common_trainer_args,
-        effective_batch_size,
-        keep_lora_float32,
-        last_checkpoint,
-        lora_change_callback,
-        lora_config,
-        mlflow_callback,
-        peak_memory_gb,
-        refuse_data_parallel,
-        save_adapter,
-        steps_done,
-        write_history,
-        write_json,
-    )
+    from meddialog.training.run import TrainingRun
+    from meddialog.training.trainer import lora_config
 
+    # ------------------------------------------------------------------ seed, data, rewards
     if not (SFT_DIR / "adapter_config.json").is_file():
         raise UserError(f"{SFT_DIR} has no adapter: run the sft stage first (`dvc repro sft`)")
     precision = resolve(params.model)  # 4-bit asked for without bitsandbytes stops here, before any loading
@@ -97,17 +81,13 @@ def main() -> None:
     if not rewards:
         raise UserError("grpo.rewards: every weight is 0, so there is nothing to optimise")
     names = [f.__name__ for f in rewards]
+    # the starting policy is part of the run: a retrained SFT adapter must not resume the last one's GRPO run
+    run = TrainingRun("grpo", params, grpo, precision,
+                      key_inputs=(records, file_digest(SFT_DIR / "adapter_model.safetensors")))
 
-    # A checkpoint is resumed only by the same params, data, launch (ZeRO / FSDP checkpoints differ in
-    # form) and starting policy: a retrained SFT adapter must not resume the last one's GRPO run.
-    run_key = fingerprint(params.seed, params.model, params.lora, grpo, params.train, records,
-                          file_digest(SFT_DIR / "adapter_model.safetensors"))
-
-    # ------------------------------------------------------------------ trainer arguments
-    # Built before the model: under torchrun / accelerate this joins the process group and selects this
-    # process's GPU, which load_model then places the model on (otherwise every process would use GPU 0).
-    config = GRPOConfig(
-        **common_trainer_args("grpo", run_key, params.seed, grpo.save_steps, precision),
+    # ------------------------------------------------------------------ trainer arguments (before the model)
+    config = run.configure(
+        GRPOConfig,
         learning_rate=grpo.lr,
         num_train_epochs=grpo.epochs,
         max_steps=grpo.max_steps,
@@ -118,14 +98,36 @@ def main() -> None:
         beta=grpo.beta,
         reward_weights=weights,
     )
-    lora = lora_config(params.lora)
-    refuse_data_parallel(config)
-    batch = effective_batch_size(config)  # completions per optimizer step, all processes
+    batch = run.effective_batch_size  # completions per optimizer step, all processes
 
     # ------------------------------------------------------------------ tokenizer, model
     # the SFT chain merged in full precision (then quantized, under 4-bit): the policy and its KL reference
     model, tokenizer = load_model(BASE_DIR, params.model, adapters=(SFT_DIR,), for_training=True)
     dataset = Dataset.from_list(prompt_rows(records))
+
+    # ------------------------------------------------------------------ train, save
+    summary = run.train(
+        lambda callbacks: GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
+                                      processing_class=tokenizer, peft_config=lora_config(params.lora),
+                                      callbacks=callbacks),
+        announcement=f"GRPO on {len(dataset)} prompts, {grpo.num_generations} completions each, {batch} completions "
+                     f"per step ({config.world_size} process(es)), rewards {names} (weights {weights}), "
+                     f"{precision.describe()}",
+        mlflow_params={"prompts": len(dataset)}, callbacks=(zero_spread_warning(),),
+        adapter_dir=GRPO_DIR, parents=(SFT_DIR,),
+        summarize=lambda done: reward_summary(done, names, batch),
+        history_columns=history_columns(COMPONENTS),  # every component, blank when off: stable plot columns
+        history_rename={"completions/mean_length": "completion_length", "clip_ratio/region_mean": "clip_ratio",
+                        **{f"rewards/{n}/mean": f"reward_{n}" for n in names}})
+    if summary is not None:
+        log.info("mean reward %.3f (first quarter) -> %.3f (last quarter) in %d steps (%.0f s); adapter in %s",
+                 summary["reward_first_quarter"], summary["reward_last_quarter"], summary["steps"],
+                 summary["train_runtime_s"], GRPO_DIR)
+
+
+def zero_spread_warning():
+    """A TrainerCallback that warns once when most prompt groups got identical rewards."""
+    from transformers import TrainerCallback
 
     class ZeroSpreadWarning(TrainerCallback):
         warned = False
@@ -138,50 +140,20 @@ def main() -> None:
                             "Raise grpo.num_generations or grpo.temperature, or weight finer-grained rewards "
                             "(grpo.rewards.similarity, .length)", 100 * share, state.global_step)
 
-    with start_run("grpo", params.mlflow.experiment) as run:
-        run.log_params({**flatten("", params), "prompts": len(dataset), "effective_batch_size": batch})
-        lora_change = lora_change_callback()
-        trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
-                              processing_class=tokenizer, peft_config=lora,
-                              callbacks=[mlflow_callback(run), ZeroSpreadWarning(), lora_change])
-        keep_lora_float32(trainer)
-        log.info("GRPO on %d prompts, %d completions each, %d completions per step (%d process(es)), rewards %s "
-                 "(weights %s), %s", len(dataset), grpo.num_generations, batch, config.world_size, names, weights,
-                 precision.describe())
+    return ZeroSpreadWarning()
 
-        # -------------------------------------------------------------- train (resume)
-        resume_from = last_checkpoint(Path(config.output_dir), grpo.resume)
-        resumed_at = steps_done(resume_from)
-        started = time.perf_counter()
-        trainer.train(resume_from_checkpoint=resume_from)
-        runtime = time.perf_counter() - started
 
-        # -------------------------------------------------------------- save (main process writes)
-        save_adapter(trainer, GRPO_DIR, BASE_DIR, (SFT_DIR,), stage="grpo", run_key=run_key,
-                     precision=as_record(precision))
-        if trainer.is_world_process_zero():
-            rename = {"completions/mean_length": "completion_length", "clip_ratio/region_mean": "clip_ratio",
-                      **{f"rewards/{n}/mean": f"reward_{n}" for n in names}}
-            columns = history_columns(COMPONENTS)  # every component, blank when off: stable plot columns
-            steps = [e for e in trainer.state.log_history if "reward" in e]
-            # each step's mean completion length × completions per step (all processes); rates count
-            # only the steps this run took (a resumed run's history holds the earlier ones too)
-            generated = batch * sum(e.get("completions/mean_length", 0.0) for e in steps if e["step"] > resumed_at)
-            summary = {"steps": trainer.state.global_step, "resumed_from_step": resumed_at, "train_runtime_s": runtime,
-                       "seconds_per_step": runtime / max(trainer.state.global_step - resumed_at, 1),
-                       "generated_tokens": generated, "generated_tokens_per_s": generated / runtime,
-                       "effective_batch_size": batch, "processes": config.world_size,
-                       "peak_memory_gb": peak_memory_gb(precision), **lora_change.result,
-                       **_quarters(steps, "reward"),
-                       **{f"reward_{n}": _last_quarter_mean(steps, f"rewards/{n}/mean") for n in names}}
-            write_history(HISTORY_FILE, trainer.state.log_history, columns, rename)
-            write_json(SUMMARY_FILE, summary)
-            write_provenance("grpo_train", provenance(precision, processes=config.world_size), run)
-            run.log_metrics({f"final_{k}": v for k, v in summary.items()})
-            if params.mlflow.log_models:
-                run.log_artifacts(GRPO_DIR, "adapter")
-            log.info("mean reward %.3f (first quarter) -> %.3f (last quarter) in %d steps (%.0f s); adapter in %s",
-                     summary["reward_first_quarter"], summary["reward_last_quarter"], summary["steps"], runtime, GRPO_DIR)
+def reward_summary(done: Trained, names: list[str], batch: int) -> dict[str, float]:
+    """The summary's GRPO values: time per step, generated tokens, and the rewards of the first and last
+    quarter of the steps (each reward component's over the last quarter)."""
+    steps = [e for e in done.trainer.state.log_history if "reward" in e]
+    # each step's mean completion length × completions per step (all processes); rates count
+    # only the steps this run took (a resumed run's history holds the earlier ones too)
+    generated = batch * sum(e.get("completions/mean_length", 0.0) for e in steps if e["step"] > done.resumed_at)
+    return {"seconds_per_step": done.runtime_s / max(done.trainer.state.global_step - done.resumed_at, 1),
+            "generated_tokens": generated, "generated_tokens_per_s": generated / done.runtime_s,
+            **_quarters(steps, "reward"),
+            **{f"reward_{n}": _last_quarter_mean(steps, f"rewards/{n}/mean") for n in names}}
 
 
 def _quarters(entries: list[dict], key: str) -> dict[str, float]:

@@ -135,7 +135,7 @@ def test_killed_sft_run_resumes_from_its_last_checkpoint(tiny_project):
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path):
-    from meddialog.training.trainer import last_checkpoint
+    from meddialog.training.run import last_checkpoint
 
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
@@ -147,7 +147,7 @@ def test_incomplete_checkpoints_are_skipped(tmp_path):
 
 def test_a_finished_run_is_not_resumed(tmp_path):
     """HF's Trainer resumed from a run's last checkpoint takes one step past max_steps."""
-    from meddialog.training.trainer import last_checkpoint
+    from meddialog.training.run import last_checkpoint
 
     for step in (12, 24):
         (tmp_path / f"checkpoint-{step}").mkdir()

@@ -1,27 +1,17 @@
-"""What the sft and grpo stages share: fingerprints, checkpoints, history, outputs.
+"""How the sft and grpo stages set up TRL's trainers alike: shared arguments, LoRA, callbacks.
 
-Checkpoints live in scratch/checkpoints/<stage>-<fingerprint>/, outside DVC's outputs, so a run
-killed half-way resumes from its last checkpoint when rerun (`<stage>.resume: auto`). The
-fingerprint covers the params and data the run depends on: changed params start a fresh run
-instead of resuming someone else's.
+A run around the trainer (run key, resume, MLflow, outputs) is meddialog/training/run.py.
 """
 from __future__ import annotations
 
-import csv
-import json
-import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from meddialog.errors import UserError
-from meddialog.modeling.loading import write_lineage
 from meddialog.modeling.precision import Precision
 from meddialog.params import LoraParams
 from meddialog.paths import CHECKPOINT_ROOT
-
-log = logging.getLogger(__name__)
-
 
 
 def checkpoint_dir(stage: str, key: str) -> Path:
@@ -114,53 +104,6 @@ def lora_change_callback():
     return LoraChange()
 
 
-def peak_memory_gb(precision: Precision) -> float:
-    """Peak memory of this process: CUDA memory allocated on its GPU, or its resident set on the CPU."""
-    if precision.device == "cuda":
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-def last_checkpoint(directory: Path, resume: str) -> str | None:
-    """The newest complete checkpoint to resume from, or None to start fresh.
-
-    A run killed while saving leaves a checkpoint directory without trainer_state.json (the
-    Trainer writes it last); resuming from it fails, so such directories are skipped. A run whose
-    newest checkpoint is its last step (global_step >= max_steps: it finished, and the stage is
-    rerun with the same params and data, e.g. after a code edit) starts afresh: the Trainer resumed
-    from it takes one step past max_steps (25 of 24), silently changing the adapter; a fresh run
-    gives the finished run's result again (deterministic on CPU).
-    """
-    if resume != "auto" or not directory.is_dir():
-        return None
-    candidates = sorted((p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                        key=lambda p: int(p.name.split("-")[-1]), reverse=True)
-    for candidate in candidates:
-        state_file = candidate / "trainer_state.json"
-        if not state_file.is_file():
-            log.warning("skipping incomplete checkpoint %s (the run was stopped while saving it)", candidate)
-            continue
-        state = json.loads(state_file.read_text())
-        if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
-            log.info("%s is the end of a finished run with these params: training again from the start", candidate)
-            return None
-        log.info("resuming from %s", candidate)
-        return str(candidate)
-    return None
-
-
-def steps_done(checkpoint: str | None) -> int:
-    """Optimizer steps a resumed run had taken before this process (0 for a fresh run), so that
-    rates (tokens/s, s/step) count only the work this process did in its runtime."""
-    if checkpoint is None:
-        return 0
-    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
-
-
 def mlflow_callback(run):
     """A TrainerCallback that sends every numeric log value to MLflow as it happens."""
     from transformers import TrainerCallback
@@ -174,24 +117,6 @@ def mlflow_callback(run):
     return MlflowLogger()
 
 
-def write_history(path: Path, log_history: list[dict], columns: tuple[str, ...],
-                  rename: dict[str, str] | None = None) -> None:
-    """CSV for `dvc plots` from the trainer's log history (kept across resumes in its checkpoints):
-    one row per step, blank where a value was not logged at that step."""
-    rename = rename or {}
-    rows: dict[int, dict] = {}
-    for entry in log_history:
-        step = int(entry.get("step", 0))
-        row = rows.setdefault(step, {"step": step})
-        row.update({rename.get(k, k): v for k, v in entry.items() if isinstance(v, (int, float))})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for step in sorted(rows):
-            writer.writerow({k: _fmt(rows[step].get(k)) for k in columns})
-
-
 def lora_config(lora: LoraParams):
     """PEFT's LoraConfig from `lora.*`; TRL applies it through `peft_config=`."""
     from peft import LoraConfig
@@ -203,40 +128,3 @@ def lora_config(lora: LoraParams):
 def effective_batch_size(config) -> int:
     """Examples (GRPO: completions) per optimizer step over all processes: batch × accumulation × processes."""
     return config.per_device_train_batch_size * config.gradient_accumulation_steps * config.world_size
-
-
-def save_adapter(trainer, out_dir: Path, base_dir: Path, parents: tuple[Path, ...], **details) -> None:
-    """Adapter weights (safetensors) + tokenizer + lineage.json into a fresh `out_dir`.
-
-    Every process must call it: under ZeRO-3 or FSDP each holds a shard of the adapter, and
-    `save_model` gathers them. Only the main process writes.
-    """
-    import shutil
-
-    main = trainer.is_world_process_zero()
-    if main and out_dir.exists():
-        shutil.rmtree(out_dir)
-    trainer.save_model(str(out_dir))  # the adapter and the trainer's tokenizer
-    if main:
-        # the Trainer also pickles its arguments there; nothing reads them, and adapters carry no pickles
-        (out_dir / "training_args.bin").unlink(missing_ok=True)
-        sort_target_modules(out_dir / "adapter_config.json")
-        write_lineage(out_dir, base_dir, parents, **details)
-
-
-def sort_target_modules(config_path: Path) -> None:
-    """PEFT keeps target_modules as a set and writes it in string-hash order, which Python
-    randomises per process: sorted, the same adapter is the same bytes (and DVC hash) every run."""
-    config = json.loads(config_path.read_text())
-    if isinstance(config.get("target_modules"), list):
-        config["target_modules"] = sorted(config["target_modules"])
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))  # PEFT's own layout
-
-
-def write_json(path: Path, values: dict[str, float]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: round(float(v), 6) for k, v in values.items()}, indent=2, sort_keys=True) + "\n")
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.6g}"
