@@ -9,14 +9,13 @@ Trains on data/processed/<source>/train.jsonl for `sft.sources`, validates on th
 with the loss on every assistant turn only (meddialog/training/chat_data.py), in batches of similar length
 (meddialog/training/length_batching.py). LoRA on float32 on CPU; on CUDA bfloat16, and 4-bit QLoRA when
 `model.load_in_4bit` is auto/true (`true`: on CPU too; meddialog/modeling/precision.py). The LoRA weights stay
-float32 either way (training.keep_lora_float32). Writes models/sft (adapter + tokenizer + lineage.json),
+float32 either way (meddialog.training.trainer.keep_lora_float32). Writes models/sft (adapter + tokenizer + lineage.json),
 metrics/sft_history.csv (plot) and metrics/sft_train.json. This file is the recipe (data, model, TRL
 config, trainer); meddialog/training/run.py runs it as it runs grpo's: run key, resume, MLflow, outputs.
 """
 from __future__ import annotations
 
 import logging
-import random
 from typing import TYPE_CHECKING
 
 from meddialog import cli
@@ -71,6 +70,7 @@ def main() -> None:
     from trl import SFTConfig
 
     from meddialog.data.dataset import read_split
+    from meddialog.data.subsets import seeded_sample
     from meddialog.modeling.loading import load_model
     from meddialog.modeling.precision import resolve
     from meddialog.training.run import TrainingRun
@@ -81,9 +81,9 @@ def main() -> None:
     set_seed(params.seed)
     train_records = read_split(sft.sources, "train")
     if sft.max_samples:
-        train_records = random.Random(params.seed).sample(train_records, min(sft.max_samples, len(train_records)))
+        train_records = seeded_sample(train_records, sft.max_samples, params.seed)
     val_records = read_split(sft.sources, "val")
-    val_records = random.Random(params.seed).sample(val_records, min(sft.eval_samples, len(val_records)))
+    val_records = seeded_sample(val_records, sft.eval_samples, params.seed)
     run = TrainingRun("sft", params, sft, precision, key_inputs=(train_records, val_records))
 
     # ------------------------------------------------------------------ trainer arguments (before the model)

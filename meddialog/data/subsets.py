@@ -1,10 +1,12 @@
-"""Seeded subsets: the two ways the pipeline picks part of a list, each for a reason.
+"""Seeded subsets: the ways the pipeline picks part of a list, each for a reason.
 
 `seeded_subset` keeps the chosen items in their original order (a source's records, the GRPO
-subset, SFT's max_samples): the files it feeds stay in source order, so a diff of two runs shows
-what was added or dropped. `seeded_prefix` shuffles and cuts (the evaluated test dialogues): a
-smaller count is a prefix of a larger one's selection, so an eval of 8 dialogues scores the first
-8 of an eval of 32.
+subset): the files it feeds stay in source order, so a diff of two runs shows what was added or
+dropped. `seeded_prefix` shuffles and cuts (the evaluated test dialogues): a smaller count is a
+prefix of a larger one's selection, so an eval of 8 dialogues scores the first 8 of an eval of 32.
+`seeded_sample` is SFT's (`sft.max_samples`, `sft.eval_samples`): a sample in random order. SFT's
+run key and its validation batches depend on that order, so moving it to `seeded_subset` would
+change the default run's numbers; it stays as it was.
 """
 from __future__ import annotations
 
@@ -31,3 +33,8 @@ def seeded_prefix(items: list[T], size: int, seed: int) -> list[T]:
     shuffled = list(items)
     random.Random(seed).shuffle(shuffled)
     return shuffled[:size]
+
+
+def seeded_sample(items: list[T], size: int, seed: int) -> list[T]:
+    """`size` items (all, if fewer) chosen with `seed`, in the sample's random order."""
+    return random.Random(seed).sample(items, min(size, len(items)))
