@@ -40,6 +40,7 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
 from meddialog.errors import UserError
+from meddialog.training.rewards import REWARDS
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -204,24 +205,25 @@ class SftParams:
                              "batch_size", "grad_accum", "length_window", "max_length", "warmup_ratio", "sources")
 
 
-@section
-class RewardParams:
-    """Weights of the GRPO reward components (0 = off) and the length reward's target range."""
-
-    similarity: Weight = 1.0
-    embedding: Weight = 0.0
-    length: Weight = 0.5
-    coherence: Weight = 0.5
-    quality: Weight = 0.5
-    safety: Weight = 1.0
-    length_min_ratio: Float = 0.5
-    length_max_ratio: Float = 1.5
-
-    @model_validator(mode="after")
-    def _length_range(self) -> RewardParams:
+def _reward_params() -> type:
+    """grpo.rewards: a weight per component of the reward registry (meddialog/training/rewards.py; 0 = off),
+    in the registry's order, and the length reward's target range."""
+    def length_range(self: Any) -> Any:
         check(0 < self.length_min_ratio <= self.length_max_ratio, "length_min_ratio",
               "must be > 0 and <= length_max_ratio", self.length_min_ratio)
         return self
+
+    fields = {name: (Weight, reward.default_weight) for name, reward in REWARDS.items()}
+    fields |= {"length_min_ratio": (Float, 0.5), "length_max_ratio": (Float, 1.5)}
+    namespace = {"__annotations__": {name: hint for name, (hint, _) in fields.items()},
+                 **{name: default for name, (_, default) in fields.items()},
+                 "__module__": __name__, "__doc__": _reward_params.__doc__,
+                 "weights": property(lambda self: {name: getattr(self, name) for name in REWARDS}),
+                 "_length_range": model_validator(mode="after")(length_range)}
+    return section(type("RewardParams", (), namespace))
+
+
+RewardParams = _reward_params()
 
 
 @section
