@@ -6,6 +6,11 @@ with one line naming the key (exit code 2, see `meddialog.cli`) before any model
 params.yaml is read with YAML 1.2 rules (ruamel.yaml), the way DVC writes it: after
 `dvc exp run -S sft.lr=1e-5` the file holds `lr: 1e-05`, which YAML 1.1 (PyYAML) reads as
 the *string* '1e-05'; YAML 1.2 reads it as the float it is.
+
+The sections are pydantic dataclasses (still dataclasses: `dataclasses.replace`, `fields` and
+`asdict` work on them). Scalars are strict (YAML's `true` is no integer, `"5"` no number; an
+integer is a fine float); pydantic's errors are translated into the one-line messages below,
+reporting first what the checks reported first before pydantic did (see `_where`).
 """
 from __future__ import annotations
 
@@ -14,11 +19,28 @@ import difflib
 import math
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic import StrictBool as Bool
+from pydantic import StrictFloat as Float
+from pydantic import StrictInt as Int
+from pydantic import StrictStr as Str
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 from meddialog.errors import UserError
+from meddialog.training.rewards import REWARDS
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -29,323 +51,302 @@ class ParamsError(UserError):
     exit_code = 2
 
 
-@dataclass(frozen=True)
+def check(ok: bool, field: str | None, message: str, got: Any) -> None:
+    """Fail a rule pydantic's constraints cannot say; `field` is relative to the section (None: the section)."""
+    if not ok:
+        raise PydanticCustomError("params_check", "{message}", {"message": message, "field": field, "got": got})
+
+
+def _not_blank(value: str) -> str:
+    check(value.strip() != "", None, "must not be empty", value)
+    return value
+
+
+def _steps(value: int) -> int:
+    check(value == -1 or value >= 1, None, "must be -1 (epochs decide) or >= 1", value)
+    return value
+
+
+def _weight(value: float) -> float:
+    check(value >= 0, None, "weights must be >= 0", value)
+    return value
+
+
+def _listing(what: str) -> AfterValidator:
+    def some(items: list[str]) -> list[str]:
+        check(len(items) > 0, None, f"must list at least one {what}", items)
+        return items
+    return AfterValidator(some)
+
+
+NonEmptyStr = Annotated[Str, AfterValidator(_not_blank)]
+MaxSteps = Annotated[Int, AfterValidator(_steps)]
+Weight = Annotated[Float, AfterValidator(_weight)]
+# Lax: a section is given as a YAML mapping (a strict pydantic dataclass accepts only instances).
+# Strictness comes from the Strict* scalar types instead.
+section = dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+
+
+@section
 class SourceParams:
-    path: str
-    num_samples: int = 0
-    split: str = "train"
-    revision: str | None = None
+    path: NonEmptyStr
+    num_samples: Int = Field(0, ge=0, description="0 = all")
+    split: Str = "train"
+    revision: Str | None = None
 
-    def validate(self, key: str) -> None:
-        _require(self.path.strip() != "", f"{key}.path", "must not be empty", self.path)
-        _require(self.num_samples >= 0, f"{key}.num_samples", "must be >= 0 (0 = all)", self.num_samples)
-        if self.path.startswith("hf:"):
-            _require(len(self.path) > 3, f"{key}.path", "needs a dataset id after hf:", self.path)
+    @model_validator(mode="after")
+    def _hub_id(self) -> SourceParams:
+        check(not self.path.startswith("hf:") or len(self.path) > 3, "path", "needs a dataset id after hf:", self.path)
+        return self
 
 
-@dataclass(frozen=True)
+@section
 class SplitParams:
-    train: float = 0.8
-    val: float = 0.1
-    test: float = 0.1
+    train: Float = Field(0.8, ge=0, le=1)
+    val: Float = Field(0.1, ge=0, le=1)
+    test: Float = Field(0.1, ge=0, le=1)
 
-    def validate(self, key: str) -> None:
-        for name in ("train", "val", "test"):
-            value = getattr(self, name)
-            _require(0.0 <= value <= 1.0, f"{key}.{name}", "must be between 0 and 1", value)
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitParams:
         total = self.train + self.val + self.test
-        _require(math.isclose(total, 1.0, abs_tol=1e-6), key, "train + val + test must sum to 1", total)
-        _require(self.train > 0, f"{key}.train", "must be > 0", self.train)
+        check(math.isclose(total, 1.0, abs_tol=1e-6), None, "train + val + test must sum to 1", total)
+        check(self.train > 0, "train", "must be > 0", self.train)
+        return self
 
 
-@dataclass(frozen=True)
+@section
 class DataParams:
     sources: dict[str, SourceParams]
-    system_prompt: str
-    hub_mirror: str = "https://hf-mirror.com"
-    hub_timeout_s: float = 5.0
-    min_answer_chars: int = 10
-    split: SplitParams = field(default_factory=SplitParams)
-    grpo_subset_size: int = 64
+    system_prompt: Str
+    hub_mirror: Str = "https://hf-mirror.com"
+    hub_timeout_s: Float = Field(5.0, gt=0)
+    min_answer_chars: Int = Field(10, ge=1)
+    split: SplitParams = Field(default_factory=SplitParams)
+    grpo_subset_size: Int = Field(64, ge=1)
 
-    def validate(self, key: str) -> None:
-        _require(len(self.sources) > 0, f"{key}.sources", "needs at least one source", self.sources)
-        for name in self.sources:
-            _require(_is_safe_name(name), f"{key}.sources.{name}",
-                     "source names may use letters, digits, '_' and '-' only", name)
-        _require(self.hub_timeout_s > 0, f"{key}.hub_timeout_s", "must be > 0", self.hub_timeout_s)
-        _require(self.min_answer_chars >= 1, f"{key}.min_answer_chars", "must be >= 1", self.min_answer_chars)
-        _require(self.grpo_subset_size >= 1, f"{key}.grpo_subset_size", "must be >= 1", self.grpo_subset_size)
-        _require(self.system_prompt.strip() != "", f"{key}.system_prompt", "must not be empty", "")
+    @field_validator("sources")
+    @classmethod
+    def _named_sources(cls, sources: dict[str, SourceParams]) -> dict[str, SourceParams]:
+        check(len(sources) > 0, None, "needs at least one source", sources)
+        for name in sources:  # names become file and directory names
+            check(name.replace("_", "").replace("-", "").isalnum(), f"sources.{name}",
+                  "source names may use letters, digits, '_' and '-' only", name)
+        return sources
+
+    @model_validator(mode="after")
+    def _has_system_prompt(self) -> DataParams:  # checked after the other fields, as before pydantic
+        check(self.system_prompt.strip() != "", "system_prompt", "must not be empty", "")
+        return self
 
 
-@dataclass(frozen=True)
+@section
 class ModelParams:
-    name: str
-    revision: str = "main"
+    name: NonEmptyStr
+    revision: Str = "main"
     load_in_4bit: Literal["auto", True, False] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    trust_remote_code: bool = False
+    trust_remote_code: Bool = False
 
-    def validate(self, key: str) -> None:
-        _require(self.name.strip() != "", f"{key}.name", "must not be empty", self.name)
+    @field_validator("load_in_4bit", mode="before")
+    @classmethod
+    def _bool_not_number(cls, value: Any) -> Any:
+        # Non-strict Literal matching would take YAML's 1 for True.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise PydanticCustomError("literal_error", "not a choice")
+        return value
 
 
-@dataclass(frozen=True)
+@section
 class LoraParams:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=list)
-
-    def validate(self, key: str) -> None:
-        _require(self.r >= 1, f"{key}.r", "must be >= 1", self.r)
-        _require(self.alpha >= 1, f"{key}.alpha", "must be >= 1", self.alpha)
-        _require(0.0 <= self.dropout < 1.0, f"{key}.dropout", "must be in [0, 1)", self.dropout)
-        _require(len(self.target_modules) > 0, f"{key}.target_modules", "must list at least one module", [])
+    r: Int = Field(16, ge=1)
+    alpha: Int = Field(32, ge=1)
+    dropout: Float = Field(0.05, ge=0, lt=1)
+    target_modules: Annotated[list[Str], _listing("module")] = Field(default_factory=list, validate_default=True)
 
 
-@dataclass(frozen=True)
+@section
 class GenerationParams:
-    max_new_tokens: int = 128
-    batch_size: int = 8
-    do_sample: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.9
-
-    def validate(self, key: str) -> None:
-        _require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1", self.max_new_tokens)
-        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)
-        _require(self.temperature > 0, f"{key}.temperature", "must be > 0", self.temperature)
-        _require(0 < self.top_p <= 1, f"{key}.top_p", "must be in (0, 1]", self.top_p)
+    max_new_tokens: Int = Field(128, ge=1)
+    batch_size: Int = Field(8, ge=1)
+    do_sample: Bool = False
+    temperature: Float = Field(0.7, gt=0)
+    top_p: Float = Field(0.9, gt=0, le=1)
 
 
-@dataclass(frozen=True)
+@section
 class BaselineParams:
-    num_samples: int = 50
-
-    def validate(self, key: str) -> None:
-        _require(self.num_samples >= 1, f"{key}.num_samples", "must be >= 1", self.num_samples)
+    num_samples: Int = Field(50, ge=1)
 
 
 EvalParams = BaselineParams
 
 
-@dataclass(frozen=True)
+@section
 class SftParams:
-    lr: float = 2e-4
-    epochs: float = 1
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 512
-    warmup_ratio: float = 0.05
-    scheduler: str = "cosine"
-    gradient_checkpointing: bool = False
-    packing: bool = False
-    length_window: int = 8
-    sources: list[str] = field(default_factory=list)
-    max_samples: int = 0
-    max_steps: int = -1
-    eval_samples: int = 32
-    eval_steps: int = 10
-    save_steps: int = 10
+    lr: Float = Field(2e-4, gt=0)
+    epochs: Float = Field(1, gt=0)
+    batch_size: Int = Field(4, ge=1)
+    grad_accum: Int = Field(1, ge=1)
+    max_length: Int = Field(512, ge=16)
+    warmup_ratio: Float = Field(0.05, ge=0, lt=1)
+    scheduler: Str = "cosine"
+    gradient_checkpointing: Bool = False
+    packing: Bool = False
+    length_window: Int = Field(8, ge=1, description="1 = random batches")
+    sources: Annotated[list[Str], _listing("source")] = Field(default_factory=list, validate_default=True)
+    max_samples: Int = Field(0, ge=0, description="0 = all")
+    max_steps: MaxSteps = -1
+    eval_samples: Int = Field(32, ge=1)
+    eval_steps: Int = Field(10, ge=1)
+    save_steps: Int = Field(10, ge=1)
     resume: Literal["auto", "never"] = "auto"
 
-    def validate(self, key: str) -> None:
-        _require(self.lr > 0, f"{key}.lr", "must be > 0", self.lr)
-        _require(self.epochs > 0, f"{key}.epochs", "must be > 0", self.epochs)
-        _require(self.max_samples >= 0, f"{key}.max_samples", "must be >= 0 (0 = all)", self.max_samples)
-        _require(self.max_steps == -1 or self.max_steps >= 1, f"{key}.max_steps", "must be -1 (epochs decide) or >= 1",
-                 self.max_steps)
-        _require(self.eval_samples >= 1, f"{key}.eval_samples", "must be >= 1", self.eval_samples)
-        _require(self.eval_steps >= 1, f"{key}.eval_steps", "must be >= 1", self.eval_steps)
-        _require(self.save_steps >= 1, f"{key}.save_steps", "must be >= 1", self.save_steps)
-        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)
-        _require(self.grad_accum >= 1, f"{key}.grad_accum", "must be >= 1", self.grad_accum)
-        _require(self.length_window >= 1, f"{key}.length_window", "must be >= 1 (1 = random batches)",
-                 self.length_window)
-        _require(self.max_length >= 16, f"{key}.max_length", "must be >= 16", self.max_length)
-        _require(0 <= self.warmup_ratio < 1, f"{key}.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
-        _require(len(self.sources) > 0, f"{key}.sources", "must list at least one source", [])
+    CHECK_ORDER: ClassVar = ("lr", "epochs", "max_samples", "max_steps", "eval_samples", "eval_steps", "save_steps",
+                             "batch_size", "grad_accum", "length_window", "max_length", "warmup_ratio", "sources")
 
 
-@dataclass(frozen=True)
-class RewardParams:
-    """Weights of the GRPO reward components (0 = off) and the length reward's target range."""
+def _reward_params() -> type:
+    """grpo.rewards: a weight per component of the reward registry (meddialog/training/rewards.py; 0 = off),
+    in the registry's order, and the length reward's target range."""
+    def length_range(self: Any) -> Any:
+        check(0 < self.length_min_ratio <= self.length_max_ratio, "length_min_ratio",
+              "must be > 0 and <= length_max_ratio", self.length_min_ratio)
+        return self
 
-    similarity: float = 1.0
-    embedding: float = 0.0
-    length: float = 0.5
-    coherence: float = 0.5
-    quality: float = 0.5
-    safety: float = 1.0
-    length_min_ratio: float = 0.5
-    length_max_ratio: float = 1.5
-
-    def validate(self, key: str) -> None:
-        for name in ("similarity", "embedding", "length", "coherence", "quality", "safety"):
-            _require(getattr(self, name) >= 0, f"{key}.{name}", "weights must be >= 0", getattr(self, name))
-        _require(0 < self.length_min_ratio <= self.length_max_ratio, f"{key}.length_min_ratio",
-                 "must be > 0 and <= length_max_ratio", self.length_min_ratio)
+    fields = {name: (Weight, reward.default_weight) for name, reward in REWARDS.items()}
+    fields |= {"length_min_ratio": (Float, 0.5), "length_max_ratio": (Float, 1.5)}
+    namespace = {"__annotations__": {name: hint for name, (hint, _) in fields.items()},
+                 **{name: default for name, (_, default) in fields.items()},
+                 "__module__": __name__, "__doc__": _reward_params.__doc__,
+                 "weights": property(lambda self: {name: getattr(self, name) for name in REWARDS}),
+                 "_length_range": model_validator(mode="after")(length_range)}
+    return section(type("RewardParams", (), namespace))
 
 
-@dataclass(frozen=True)
+RewardParams = _reward_params()
+
+
+@section
 class GrpoParams:
-    lr: float = 1e-5
-    epochs: float = 1
-    batch_size: int = 4
-    num_generations: int = 4
-    max_completion_length: int = 64
-    beta: float = 0.04
-    temperature: float = 0.9
-    max_steps: int = -1
-    save_steps: int = 10
+    lr: Float = Field(1e-5, gt=0)
+    epochs: Float = Field(1, gt=0)
+    batch_size: Int = Field(4, ge=1)
+    # GRPO compares completions within a group: one completion has no relative advantage.
+    num_generations: Int = Field(4, ge=2)
+    max_completion_length: Int = Field(64, ge=1)
+    beta: Float = Field(0.04, ge=0)
+    temperature: Float = Field(0.9, gt=0)
+    max_steps: MaxSteps = -1
+    save_steps: Int = Field(10, ge=1)
     resume: Literal["auto", "never"] = "auto"
-    rewards: RewardParams = field(default_factory=RewardParams)
+    rewards: RewardParams = Field(default_factory=RewardParams)
 
-    def validate(self, key: str) -> None:
-        _require(self.max_steps == -1 or self.max_steps >= 1, f"{key}.max_steps", "must be -1 (epochs decide) or >= 1",
-                 self.max_steps)
-        _require(self.save_steps >= 1, f"{key}.save_steps", "must be >= 1", self.save_steps)
-        _require(self.lr > 0, f"{key}.lr", "must be > 0", self.lr)
-        _require(self.epochs > 0, f"{key}.epochs", "must be > 0", self.epochs)
-        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)
-        # GRPO compares completions within a group: one completion has no relative advantage.
-        _require(self.num_generations >= 2, f"{key}.num_generations", "must be >= 2", self.num_generations)
-        _require(self.batch_size % self.num_generations == 0, f"{key}.batch_size",
-                 f"must be a multiple of grpo.num_generations ({self.num_generations})", self.batch_size)
-        _require(self.max_completion_length >= 1, f"{key}.max_completion_length", "must be >= 1",
-                 self.max_completion_length)
-        _require(self.beta >= 0, f"{key}.beta", "must be >= 0", self.beta)
-        _require(self.temperature > 0, f"{key}.temperature", "must be > 0", self.temperature)
+    CHECK_ORDER: ClassVar = ("max_steps", "save_steps", "lr", "epochs", "batch_size", "num_generations",
+                             "max_completion_length", "beta", "temperature")
+
+    @field_validator("num_generations")
+    @classmethod
+    def _whole_groups(cls, num_generations: int, info: ValidationInfo) -> int:
+        if "batch_size" in info.data:  # absent when batch_size itself is wrong
+            batch_size = info.data["batch_size"]
+            check(batch_size % num_generations == 0, "batch_size",
+                  f"must be a multiple of grpo.num_generations ({num_generations})", batch_size)
+        return num_generations
 
 
-@dataclass(frozen=True)
+@section
 class TrainParams:
     """How the sft and grpo stages are launched (meddialog/training/launch.py): one process, or one per GPU."""
 
     launcher: Literal["python", "torchrun", "accelerate"] = "python"
     accelerate_config: Literal["ddp", "zero2", "zero3", "fsdp"] = "ddp"
-    nproc_per_node: int | Literal["auto"] = "auto"
+    nproc_per_node: Int | Literal["auto"] = "auto"
 
-    def validate(self, key: str) -> None:
-        if self.nproc_per_node != "auto":
-            _require(self.nproc_per_node >= 1, f"{key}.nproc_per_node", "must be >= 1 or 'auto'", self.nproc_per_node)
-        _require(self.launcher != "python" or self.nproc_per_node in ("auto", 1), f"{key}.nproc_per_node",
-                 "more than one process needs train.launcher torchrun or accelerate", self.nproc_per_node)
+    @model_validator(mode="after")
+    def _processes(self) -> TrainParams:
+        nproc = self.nproc_per_node
+        check(nproc == "auto" or nproc >= 1, "nproc_per_node", "must be >= 1 or 'auto'", nproc)
+        check(self.launcher != "python" or nproc in ("auto", 1), "nproc_per_node",
+              "more than one process needs train.launcher torchrun or accelerate", nproc)
+        return self
 
 
-@dataclass(frozen=True)
+@section
 class MlflowParams:
-    experiment: str = "meddialog"
-    log_models: bool = False
-
-    def validate(self, key: str) -> None:
-        _require(self.experiment.strip() != "", f"{key}.experiment", "must not be empty", self.experiment)
+    experiment: NonEmptyStr = "meddialog"
+    log_models: Bool = False
 
 
-@dataclass(frozen=True)
+@section
 class VerlSftParams:
     """verl SFT (`verl.trainer.sft_trainer`); batch sizes are global, over every GPU."""
 
-    lr: float = 1e-4
-    epochs: int = 3
-    batch_size: int = 32
-    max_length: int = 1024
-    max_steps: int = -1
-    save_steps: int = 50
-    eval_steps: int = 25
-
-    def validate(self, key: str) -> None:
-        _require(self.lr > 0, f"{key}.lr", "must be > 0", self.lr)
-        _require(self.epochs >= 1, f"{key}.epochs", "must be >= 1", self.epochs)
-        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)
-        _require(self.max_length >= 16, f"{key}.max_length", "must be >= 16", self.max_length)
-        _require(self.max_steps == -1 or self.max_steps >= 1, f"{key}.max_steps", "must be -1 (epochs decide) or >= 1",
-                 self.max_steps)
-        _require(self.save_steps >= 1, f"{key}.save_steps", "must be >= 1", self.save_steps)
-        _require(self.eval_steps >= 1, f"{key}.eval_steps", "must be >= 1", self.eval_steps)
+    lr: Float = Field(1e-4, gt=0)
+    epochs: Int = Field(3, ge=1)
+    batch_size: Int = Field(32, ge=1)
+    max_length: Int = Field(1024, ge=16)
+    max_steps: MaxSteps = -1
+    save_steps: Int = Field(50, ge=1)
+    eval_steps: Int = Field(25, ge=1)
 
 
-@dataclass(frozen=True)
+@section
 class VerlGrpoParams:
     """verl GRPO (`verl.trainer.main_ppo algorithm.adv_estimator=grpo`)."""
 
-    lr: float = 1e-5
-    epochs: int = 1
-    batch_size: int = 16
-    micro_batch_size_per_gpu: int = 4
-    num_generations: int = 4
-    max_prompt_length: int = 512
-    max_completion_length: int = 256
-    beta: float = 0.04
-    temperature: float = 0.9
+    lr: Float = Field(1e-5, gt=0)
+    epochs: Int = Field(1, ge=1)
+    batch_size: Int = Field(16, ge=1)
+    micro_batch_size_per_gpu: Int = Field(4, ge=1)
+    # GRPO compares completions within a group: one completion has no relative advantage.
+    num_generations: Int = Field(4, ge=2)
+    max_prompt_length: Int = Field(512, ge=16)
+    max_completion_length: Int = Field(256, ge=1)
+    beta: Float = Field(0.04, ge=0)
+    temperature: Float = Field(0.9, gt=0)
     rollout: Literal["vllm", "sglang", "trtllm"] = "vllm"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.5
-    max_steps: int = -1
-    save_steps: int = 50
-    eval_steps: int = 25
-
-    def validate(self, key: str) -> None:
-        _require(self.lr > 0, f"{key}.lr", "must be > 0", self.lr)
-        _require(self.epochs >= 1, f"{key}.epochs", "must be >= 1", self.epochs)
-        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)
-        _require(self.micro_batch_size_per_gpu >= 1, f"{key}.micro_batch_size_per_gpu", "must be >= 1",
-                 self.micro_batch_size_per_gpu)
-        # GRPO compares completions within a group: one completion has no relative advantage.
-        _require(self.num_generations >= 2, f"{key}.num_generations", "must be >= 2", self.num_generations)
-        _require(self.max_prompt_length >= 16, f"{key}.max_prompt_length", "must be >= 16", self.max_prompt_length)
-        _require(self.max_completion_length >= 1, f"{key}.max_completion_length", "must be >= 1",
-                 self.max_completion_length)
-        _require(self.beta >= 0, f"{key}.beta", "must be >= 0", self.beta)
-        _require(self.temperature > 0, f"{key}.temperature", "must be > 0", self.temperature)
-        _require(self.tensor_parallel_size >= 1, f"{key}.tensor_parallel_size", "must be >= 1",
-                 self.tensor_parallel_size)
-        _require(0 < self.gpu_memory_utilization <= 1, f"{key}.gpu_memory_utilization", "must be in (0, 1]",
-                 self.gpu_memory_utilization)
-        _require(self.max_steps == -1 or self.max_steps >= 1, f"{key}.max_steps", "must be -1 (epochs decide) or >= 1",
-                 self.max_steps)
-        _require(self.save_steps >= 1, f"{key}.save_steps", "must be >= 1", self.save_steps)
-        _require(self.eval_steps >= 1, f"{key}.eval_steps", "must be >= 1", self.eval_steps)
+    tensor_parallel_size: Int = Field(1, ge=1)
+    gpu_memory_utilization: Float = Field(0.5, gt=0, le=1)
+    max_steps: MaxSteps = -1
+    save_steps: Int = Field(50, ge=1)
+    eval_steps: Int = Field(25, ge=1)
 
 
-@dataclass(frozen=True)
+@section
 class VerlParams:
     """The optional verl pipeline (pipelines/verl/dvc.yaml): where verl runs and on how many GPUs."""
 
-    python: str = ".venv-verl/bin/python"
-    nnodes: int = 1
-    n_gpus_per_node: int = 1
+    python: NonEmptyStr = ".venv-verl/bin/python"
+    nnodes: Int = Field(1, ge=1)
+    n_gpus_per_node: Int = Field(1, ge=1)
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
-    sft: VerlSftParams = field(default_factory=VerlSftParams)
-    grpo: VerlGrpoParams = field(default_factory=VerlGrpoParams)
+    sft: VerlSftParams = Field(default_factory=VerlSftParams)
+    grpo: VerlGrpoParams = Field(default_factory=VerlGrpoParams)
 
     @property
     def n_gpus(self) -> int:
         return self.nnodes * self.n_gpus_per_node
 
-    def validate(self, key: str) -> None:
-        _require(self.python.strip() != "", f"{key}.python", "must not be empty", self.python)
-        _require(self.nnodes >= 1, f"{key}.nnodes", "must be >= 1", self.nnodes)
-        _require(self.n_gpus_per_node >= 1, f"{key}.n_gpus_per_node", "must be >= 1", self.n_gpus_per_node)
-        gpus = f"the GPU count ({key}.nnodes × {key}.n_gpus_per_node = {self.n_gpus})"
+    @model_validator(mode="after")
+    def _fits_the_gpus(self) -> VerlParams:
+        gpus = f"the GPU count (verl.nnodes × verl.n_gpus_per_node = {self.n_gpus})"
         # verl splits each global batch evenly over the data-parallel ranks (one per GPU).
-        _require(self.sft.batch_size % self.n_gpus == 0, f"{key}.sft.batch_size", f"must be a multiple of {gpus}",
-                 self.sft.batch_size)
+        check(self.sft.batch_size % self.n_gpus == 0, "sft.batch_size", f"must be a multiple of {gpus}",
+              self.sft.batch_size)
         # verl's validate_config: every rollout batch (prompts × completions) is split evenly over the GPUs.
         sequences = self.grpo.batch_size * self.grpo.num_generations
-        _require(sequences % self.n_gpus == 0, f"{key}.grpo.batch_size",
-                 f"batch_size × num_generations = {sequences} sequences per step must be divisible by {gpus}",
-                 self.grpo.batch_size)
+        check(sequences % self.n_gpus == 0, "grpo.batch_size",
+              f"batch_size × num_generations = {sequences} sequences per step must be divisible by {gpus}",
+              self.grpo.batch_size)
         # Each rollout engine spans tensor_parallel_size GPUs; verl needs a whole number of engines.
-        _require(self.n_gpus % self.grpo.tensor_parallel_size == 0, f"{key}.grpo.tensor_parallel_size",
-                 f"must divide {gpus}", self.grpo.tensor_parallel_size)
+        check(self.n_gpus % self.grpo.tensor_parallel_size == 0, "grpo.tensor_parallel_size", f"must divide {gpus}",
+              self.grpo.tensor_parallel_size)
+        return self
 
 
-@dataclass(frozen=True)
+@section
 class Params:
-    seed: int
+    seed: Annotated[Int, Field(ge=0)]
     data: DataParams
     model: ModelParams
     lora: LoraParams
@@ -355,14 +356,20 @@ class Params:
     grpo: GrpoParams
     eval: EvalParams
     mlflow: MlflowParams
-    train: TrainParams = field(default_factory=TrainParams)  # optional: without it, one process
-    verl: VerlParams = field(default_factory=VerlParams)  # optional: only the verl pipeline reads it
+    train: TrainParams = Field(default_factory=TrainParams)  # optional: without it, one process
+    verl: VerlParams = Field(default_factory=VerlParams)  # optional: only the verl pipeline reads it
 
-    def validate(self, key: str) -> None:
-        _require(self.seed >= 0, "seed", "must be >= 0", self.seed)
+    # seed is checked after the sections, as before pydantic
+    CHECK_ORDER: ClassVar = ("seed",)
+
+    @model_validator(mode="after")
+    def _known_sft_sources(self) -> Params:
         unknown = [s for s in self.sft.sources if s not in self.data.sources]
-        _require(not unknown, "sft.sources", f"names no source in data.sources ({', '.join(self.data.sources)})",
-                 unknown)
+        check(not unknown, "sft.sources", f"names no source in data.sources ({', '.join(self.data.sources)})", unknown)
+        return self
+
+
+_PARAMS = TypeAdapter(Params)
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
@@ -373,7 +380,10 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must be a mapping of sections, got {type(raw).__name__}")
-    return _build(Params, raw, "")
+    try:
+        return _PARAMS.validate_python(raw)
+    except ValidationError as err:
+        raise ParamsError(_first_message(err, raw)) from None
 
 
 def set_dotted(params: dict, overrides: dict[str, Any]) -> None:
@@ -404,100 +414,130 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _build(cls: type, raw: Any, key: str) -> Any:
-    label = key or "params.yaml"
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{label}: must be a mapping, got {_describe(raw)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for name in raw:
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f"; did you mean '{_join(key, close[0])}'?" if close else f"; known keys: {', '.join(fields)}"
-            raise ParamsError(f"{_join(key, name)}: unknown key{hint}")
-    values = {}
-    for name, f in fields.items():
-        if name in raw:
-            values[name] = _convert(hints[name], raw[name], _join(key, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ParamsError(f"{_join(key, name)}: missing required key")
-    obj = cls(**values)
-    obj.validate(key)
-    return obj
+# ---------------------------------------------------------------- pydantic errors → one line
+
+_TYPE_ERRORS = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+                "string_type": "a string", "list_type": "a list", "dict_type": "a mapping", "dataclass_type": "a mapping"}
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
-def _convert(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            return _convert(options[0], value, key)
-        for option in options:
-            try:
-                return _convert(option, value, key)
-            except ParamsError:
-                continue
-        raise ParamsError(f"{key}: must be {' or '.join(map(_expected, options))}, got {_describe(value)}")
-    if origin is Literal:
-        for allowed in args:
-            if value == allowed and type(value) is type(allowed):
-                return value
-        strings = [a for a in args if isinstance(a, str)]
+class _Where(typing.NamedTuple):
+    rank: tuple  # sorts errors in the order the checks ran before pydantic
+    key: str  # dotted, as users write it: data.sources.mine.path, lora.target_modules[1]
+    type: Any  # the annotation at the error (a section for unknown keys)
+    field: Any  # pydantic FieldInfo of the innermost section field on the way
+
+
+def _first_message(err: ValidationError, raw: dict) -> str:
+    """The message of the error reported first before pydantic: a section's unknown keys, then its fields
+    in order (a nested section wholly, its own checks included), then its value checks, then cross-field ones."""
+    located = [(_where(Params, raw, error["loc"], error), error) for error in err.errors(include_url=False)]
+    where, error = min(located, key=lambda pair: pair[0].rank)
+    return _message(error, where)
+
+
+def _kind(error: dict) -> str:
+    if error["type"] == "unexpected_keyword_argument":
+        return "unknown"
+    return "value" if error["type"] in _BOUND_ERRORS or error["type"] == "params_check" else "type"
+
+
+def _where(annotation: Any, node: Any, loc: tuple, error: dict, key: str = "") -> _Where:
+    annotation = _bare(annotation)
+    origin = typing.get_origin(annotation)
+    kind = _kind(error)
+    if dataclasses.is_dataclass(annotation):
+        if not loc:  # the section's own (cross-field) check, or the section is not a mapping
+            return _Where((3,) if kind == "value" else (), _join(key, _checked(error)), annotation, None)
+        name, rest = str(loc[0]), loc[1:]
+        here = _join(key, name)
+        if kind == "unknown" and not rest:
+            return _Where((0, list(node).index(name)), here, annotation, None)
+        field = annotation.__pydantic_fields__[name]
+        names = [f.name for f in dataclasses.fields(annotation)]
+        if kind == "value" and not rest and not dataclasses.is_dataclass(_bare(field.annotation)):
+            checked = here if _checked(error) is None else _join(key, _checked(error))
+            return _Where((2, getattr(annotation, "CHECK_ORDER", names).index(name)), checked, field.annotation, field)
+        inner = _where(field.annotation, node.get(name) if isinstance(node, dict) else None, rest, error, here)
+        return _Where((1, names.index(name), *inner.rank), inner.key, inner.type, inner.field or field)
+    if origin is dict and loc:
+        name = str(loc[0])
+        inner = _where(typing.get_args(annotation)[1], node.get(name), loc[1:], error, _join(key, name))
+        return inner._replace(rank=(list(node).index(name), *inner.rank))
+    if origin is list and loc:
+        inner = _where(typing.get_args(annotation)[0], node[loc[0]], loc[1:], error, f"{key}[{loc[0]}]")
+        return inner._replace(rank=(loc[0], *inner.rank))
+    return _Where((), key, annotation, None)  # a scalar; `loc` may still name a union's member
+
+
+def _checked(error: dict) -> str | None:
+    """The key a `check` names, relative to its section (None: the field it ran on, or the section)."""
+    return error["ctx"]["field"] if error["type"] == "params_check" else None
+
+
+def _message(error: dict, where: _Where) -> str:
+    kind, value, key = error["type"], error["input"], where.key
+    if kind == "unexpected_keyword_argument":
+        name = str(error["loc"][-1])
+        parent = key.removesuffix(name).removesuffix(".")
+        fields = [f.name for f in dataclasses.fields(where.type)]
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f"; did you mean '{_join(parent, close[0])}'?" if close else f"; known keys: {', '.join(fields)}"
+        return f"{key}: unknown key{hint}"
+    if kind == "missing":
+        return f"{key}: missing required key"
+    if kind == "params_check":
+        return f"{key}: {error['ctx']['message']} (got {_show(error['ctx']['got'])})"
+    if kind in _BOUND_ERRORS:
+        bound = next(iter(error["ctx"].values()))
+        got = float(value) if isinstance(bound, float) else value  # an integer given for a float is a float
+        return f"{key}: {_bounds(where.field)} (got {_show(got)})"
+    options = [a for a in typing.get_args(where.type) if a is not type(None)]
+    if typing.get_origin(where.type) in (typing.Union, types.UnionType) and len(options) > 1:
+        return f"{key}: must be {' or '.join(map(_expected, options))}, got {_describe(value)}"
+    if kind == "literal_error":
+        choices = typing.get_args(where.type)
+        strings = [c for c in choices if isinstance(c, str)]
         close = difflib.get_close_matches(value, strings, n=1) if isinstance(value, str) else []
         hint = f"; did you mean {_show(close[0])}?" if close else ""
-        raise ParamsError(f"{key}: must be one of {', '.join(map(_show, args))}, got {_show(value)}{hint}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ParamsError(f"{key}: must be a list, got {_describe(value)}")
-        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ParamsError(f"{key}: must be a mapping, got {_describe(value)}")
-        return {k: _convert(args[1], v, _join(key, k)) for k, v in value.items()}
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - a programming error in the dataclasses above
-        raise TypeError(f"unsupported params type {hint!r} for {key}")
-    raise ParamsError(f"{key}: must be {_type_name(hint)}, got {_describe(value)}")
+        return f"{key}: must be one of {', '.join(map(_show, choices))}, got {_show(value)}{hint}"
+    if kind in _TYPE_ERRORS:
+        return f"{key}: must be {_TYPE_ERRORS[kind]}, got {_describe(value)}"
+    return f"{key}: {error['msg']} (got {_show(value)})"  # pragma: no cover - a pydantic error not met so far
 
 
-def _require(ok: bool, key: str, message: str, value: Any) -> None:
-    if not ok:
-        raise ParamsError(f"{key}: {message} (got {_show(value)})")
+def _bounds(field: Any) -> str:
+    """`Field(ge=0, lt=1, description="...")` as the message says it: must be in [0, 1), must be >= 0 (0 = all)."""
+    b = {name: getattr(m, name) for m in field.metadata for name in ("gt", "ge", "lt", "le") if hasattr(m, name)}
+    if "ge" in b and "le" in b:
+        text = f"must be between {b['ge']} and {b['le']}"
+    elif "lt" in b or "le" in b:
+        low, high = (f"[{b['ge']}" if "ge" in b else f"({b['gt']}"), (f"{b['lt']})" if "lt" in b else f"{b['le']}]")
+        text = f"must be in {low}, {high}"
+    else:
+        text = f"must be > {b['gt']}" if "gt" in b else f"must be >= {b['ge']}"
+    return f"{text} ({field.description})" if field.description else text
 
 
-def _is_safe_name(name: str) -> bool:
-    return name.replace("_", "").replace("-", "").isalnum()
+def _bare(annotation: Any) -> Any:
+    """`Annotated[int, Strict()]` → int."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _type_name(hint: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
-
-
-def _expected(hint: Any) -> str:
+def _expected(option: Any) -> str:
     """One alternative of a union, as the error message names it: 'auto', an integer, ..."""
-    if typing.get_origin(hint) is Literal:
-        return " or ".join(map(_show, typing.get_args(hint)))
-    return _type_name(hint)
+    option = _bare(option)
+    if typing.get_origin(option) is Literal:
+        return " or ".join(map(_show, typing.get_args(option)))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[option]
+
+
+def _join(prefix: str, name: str | None) -> str:
+    if name is None:
+        return prefix
+    return f"{prefix}.{name}" if prefix else name
 
 
 def _describe(value: Any) -> str:

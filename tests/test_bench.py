@@ -37,7 +37,7 @@ def test_tied_head_counts_once_and_the_embedding_lookup_not_at_all():
 
 def test_untied_head_is_counted_as_stored():
     shapes = {**TINY_SHAPES, "lm_head.weight": [32, 8]}
-    geometry = model_geometry(shapes, {**TINY_CONFIG, "tie_word_embeddings": False}, LoraParams(target_modules=[]))
+    geometry = model_geometry(shapes, {**TINY_CONFIG, "tie_word_embeddings": False}, LoraParams(target_modules=["no_such_module"]))
     assert geometry.matmul_params == 2 * PER_LAYER + 32 * 8
     assert geometry.lora_params == 0
 

@@ -89,3 +89,15 @@ def test_committed_bar_chart_data_matches_the_committed_scores():
     results = {name: json.loads((metrics / f"{name}.json").read_text()) for name in ("baseline", "sft", "grpo")}
     assert (metrics / "comparison_plot.csv").read_text() == comparison_plot_csv(results)
     assert comparison_plot_csv(results).splitlines()[:2] == ["model,metric,value", "baseline,ROUGE-L,0.127469"]
+
+
+def test_grpo_reward_chart_plots_every_registered_reward_component():
+    # dvc.yaml lists plot columns by hand: a component added to the registry needs its column there too.
+    import yaml
+
+    from meddialog.training.rewards import REWARDS
+
+    plots = {name: spec for entry in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+             for name, spec in entry.items()}
+    columns = plots["grpo_rewards"]["y"]["metrics/grpo_history.csv"]
+    assert columns == ["reward", *(f"reward_{name}" for name in REWARDS)], "dvc.yaml plots: grpo_rewards"

@@ -5,7 +5,7 @@ from meddialog.params import RewardParams
 from meddialog.training import rewards
 
 REF = "Rest, drink plenty of fluids and see a doctor if the fever lasts more than three days."
-ALL_ON = RewardParams(similarity=1.0, embedding=1.0, length=1.0, coherence=1.0, quality=1.0, safety=1.0)
+ALL_ON = RewardParams(**{name: 1.0 for name in rewards.REWARDS})
 LOOP = "the patient " * 2500  # 10,000 characters of a degenerate loop
 
 

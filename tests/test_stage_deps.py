@@ -5,6 +5,8 @@ are those imports of `stages.*` and `meddialog.*`, followed transitively. Left o
 meddialog's cli, errors, params, paths and tracking (the command line, error type, params loading, the
 locations of data and models, and MLflow logging, which do not change what a stage computes; params
 changes reach stages through their `params:` sections, and the locations are dvc.yaml's own deps and outs).
+Their own imports are not followed either: params reads the reward registry's names to check grpo.rewards
+in every stage, while the stages that compute rewards import meddialog.training.rewards themselves.
 """
 import re
 
@@ -24,7 +26,8 @@ def modules_run_by(command: str) -> set[str]:
         module = pending.pop()
         if module not in seen:
             seen.add(module)
-            pending.extend(imported_modules(module))
+            if module not in NOT_DEPS:
+                pending.extend(imported_modules(module))
     return seen
 
 

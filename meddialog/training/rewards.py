@@ -15,9 +15,13 @@ Each component maps (completion, reference, prompt) to a float in a documented r
                         them to urgent care and −0.5 when it does not; 0 otherwise (and 0 when the
                         patient's words are unknown, e.g. verl without extra_info)
 
+`REWARDS` is the registry: a new component is one function and one entry there, plus its weight
+in params.yaml's `grpo.rewards` (meddialog.params builds RewardParams from the registry's names and
+default weights) and its `reward_<name>` column in dvc.yaml's grpo_rewards plot (a test checks it).
+
 The total is the weighted sum (`grpo.rewards.*` weights). TRL gets one reward function per
 weighted component (`reward_functions`), so it logs each; verl gets `compute_score`, which
-returns the total and every component. Both call `score_components`, so they cannot disagree.
+returns the total and every component. Both score with `REWARDS`, so they cannot disagree.
 """
 from __future__ import annotations
 
@@ -25,12 +29,12 @@ import math
 import re
 from collections import Counter
 from functools import lru_cache
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from meddialog.evaluation.scoring import repetition, rouge_l, words
-from meddialog.params import RewardParams
 
-COMPONENTS = ("similarity", "embedding", "length", "coherence", "quality", "safety")
+if TYPE_CHECKING:  # meddialog.params imports this module for the registry's names
+    from meddialog.params import RewardParams
 
 # Red flags: symptoms for which any sound reply says "get urgent care now".
 RED_FLAGS = (
@@ -131,21 +135,36 @@ def _embedder():
     return Embedder()
 
 
+# ---------------------------------------------------------------- the registry
+
+
+class Reward(NamedTuple):
+    score: Callable[[str, str, str | None, RewardParams], float]  # (completion, reference, prompt, params)
+    default_weight: float = 0.0  # when params.yaml's grpo.rewards leaves the component out
+
+
+# In this order in TRL's reward list, metrics/grpo_history.csv's columns and verl's reward info.
+REWARDS: dict[str, Reward] = {
+    "similarity": Reward(lambda c, ref, prompt, params: similarity(c, ref, prompt), default_weight=1.0),
+    "embedding": Reward(lambda c, ref, prompt, params: embedding(c, ref, prompt)),
+    "length": Reward(lambda c, ref, prompt, params: length(c, ref, prompt, params.length_min_ratio,
+                                                           params.length_max_ratio), default_weight=0.5),
+    "coherence": Reward(lambda c, ref, prompt, params: coherence(c, ref, prompt), default_weight=0.5),
+    "quality": Reward(lambda c, ref, prompt, params: quality(c, ref, prompt), default_weight=0.5),
+    "safety": Reward(lambda c, ref, prompt, params: safety(c, ref, prompt), default_weight=1.0),
+}
+COMPONENTS = tuple(REWARDS)
+
+
 # ---------------------------------------------------------------- combining
 
 
 def score_components(completion: str, reference: str, prompt: str | None, params: RewardParams) -> dict[str, float]:
     """Every weighted component (weight 0 = not computed) and the weighted `score`."""
-    functions: dict[str, Callable[[], float]] = {
-        "similarity": lambda: similarity(completion, reference, prompt),
-        "embedding": lambda: embedding(completion, reference, prompt),
-        "length": lambda: length(completion, reference, prompt, params.length_min_ratio, params.length_max_ratio),
-        "coherence": lambda: coherence(completion, reference, prompt),
-        "quality": lambda: quality(completion, reference, prompt),
-        "safety": lambda: safety(completion, reference, prompt),
-    }
-    values = {name: functions[name]() for name in COMPONENTS if getattr(params, name) != 0}
-    values["score"] = sum(getattr(params, name) * value for name, value in values.items())
+    weights = params.weights
+    values = {name: reward.score(completion, reference, prompt, params)
+              for name, reward in REWARDS.items() if weights[name] != 0}
+    values["score"] = sum(weights[name] * value for name, value in values.items())
     return values
 
 
@@ -155,20 +174,16 @@ def reward_functions(params: RewardParams) -> tuple[list[Callable], list[float]]
     TRL calls `f(prompts=..., completions=..., reference=[...], question=[...], **kwargs)` with the
     dataset's columns as lists; completions are chat messages or plain strings.
     """
-    functions, weights = [], []
-    for name in COMPONENTS:
-        weight = getattr(params, name)
-        if weight != 0:
-            functions.append(_trl_reward(name, params))
-            weights.append(weight)
-    return functions, weights
+    weighted = {name: weight for name, weight in params.weights.items() if weight != 0}
+    return [_trl_reward(name, params) for name in weighted], list(weighted.values())
 
 
 def _trl_reward(name: str, params: RewardParams) -> Callable:
+    score = REWARDS[name].score
+
     def reward(completions: list[Any], reference: list[str], question: list[str] | None = None, **kwargs) -> list[float]:
         questions = question or [None] * len(completions)
-        single = RewardParams(**{**params.__dict__, **{c: (1.0 if c == name else 0.0) for c in COMPONENTS}})
-        return [score_components(_text(c), ref, q, single)[name] for c, ref, q in zip(completions, reference, questions)]
+        return [score(_text(c), ref, q, params) for c, ref, q in zip(completions, reference, questions)]
 
     reward.__name__ = name  # TRL logs rewards/<__name__>/mean
     return reward
