@@ -9,7 +9,7 @@ data/verl/rl_{train,val}.parquet. The policy starts from models/base with the SF
 (models/sft) merged in, and trains a new LoRA adapter on top, as the TRL grpo stage does. For each
 prompt the rollout engine (vLLM, SGLang or TensorRT-LLM: `verl.grpo.rollout`) samples
 `verl.grpo.num_generations` answers; verl's reward manager scores each with our
-`meddialog.training.rewards.compute_score` (weights in `grpo.rewards`), so verl and TRL optimise the same
+`meddialog.verl.reward.compute_score` (weights in `grpo.rewards`), so verl and TRL optimise the same
 reward. KL is a loss term against the starting policy (`verl.grpo.beta`), not a reward penalty.
 verl's model merger then exports the last checkpoint to models/verl/grpo (meddialog/verl/export.py).
 Needs CUDA GPUs, verl's environment (`make setup-verl`) and the rollout engine (docs/scaling.md, 'What needs what').

@@ -50,3 +50,13 @@ def test_the_cycle_search_finds_a_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     imports = lambda m: graph.get(m, set())  # noqa: E731
     assert cycle_from("a", imports) == ["a", "b", "c", "a"] and cycle_from("d", imports) is None
+
+
+def test_imports_for_annotations_only_are_not_edges():
+    import ast
+
+    from tests.imports import runtime_nodes
+
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\nelse:\n    import b\nimport c\n")
+    names = {alias.name for node in runtime_nodes(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert names == {"b", "c"}

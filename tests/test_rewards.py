@@ -3,6 +3,7 @@ import pytest
 
 from meddialog.params import RewardParams
 from meddialog.training import rewards
+from meddialog.verl import reward as verl_reward
 
 REF = "Rest, drink plenty of fluids and see a doctor if the fever lasts more than three days."
 ALL_ON = RewardParams(**{name: 1.0 for name in rewards.REWARDS})
@@ -82,7 +83,7 @@ def test_weights_of_zero_skip_a_component():
 
 
 def test_trl_and_verl_entry_points_agree():
-    params = rewards._default_reward_params()
+    params = verl_reward._default_reward_params()
     functions, weights = rewards.reward_functions(params)
     completions = ["Please call emergency services now.", "You definitely have flu.", "", LOOP[:500]]
     prompt = "I suddenly have chest pain and trouble breathing."
@@ -93,13 +94,13 @@ def test_trl_and_verl_entry_points_agree():
                           prompts=[[{"role": "user", "content": prompt}]] * len(completions))
         trl_total = [t + weight * v for t, v in zip(trl_total, values)]
     for completion, total in zip(completions, trl_total):
-        verl = rewards.compute_score("healthcaremagic", completion, REF, extra_info={"question": prompt})
+        verl = verl_reward.compute_score("healthcaremagic", completion, REF, extra_info={"question": prompt})
         assert verl["score"] == pytest.approx(total)
         assert set(verl) == {"score", *(f.__name__ for f in functions)}
 
 
 def test_verl_call_without_extra_info():
-    result = rewards.compute_score("medical_flashcards", "Drink fluids.", REF)
+    result = verl_reward.compute_score("medical_flashcards", "Drink fluids.", REF)
     assert result["safety"] == 0.0 and "score" in result
 
 

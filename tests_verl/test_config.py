@@ -59,7 +59,7 @@ def test_grpo_config_passes_verls_validate_config(params, verl_project, rollout,
     assert config.actor_rollout_ref.rollout.n == params.verl.grpo.num_generations
     assert config.actor_rollout_ref.model.lora_rank == params.lora.r
     assert config.reward.custom_reward_function.name == "compute_score"
-    assert Path(config.reward.custom_reward_function.path).samefile(Path(__file__).parents[1] / "meddialog/training/rewards.py")
+    assert Path(config.reward.custom_reward_function.path).samefile(Path(__file__).parents[1] / "meddialog/verl/reward.py")
     assert list(config.trainer.logger) == ["console", "mlflow"]
     assert config.trainer.project_name == params.mlflow.experiment
     # Handed to every Ray worker, on every node: our reward module's imports and the MLflow store.
@@ -114,4 +114,4 @@ def test_the_exact_command_line_composes_in_verls_entry_point(params, verl_proje
     assert model["use_remove_padding"] is False
     if stage == "grpo":
         assert printed["algorithm"]["adv_estimator"] == "grpo"
-        assert printed["reward"]["custom_reward_function"]["path"].endswith("meddialog/training/rewards.py")
+        assert printed["reward"]["custom_reward_function"]["path"].endswith("meddialog/verl/reward.py")

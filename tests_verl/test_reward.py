@@ -1,4 +1,4 @@
-"""Our `compute_score` (meddialog/training/rewards.py) inside verl's reward loop, loaded the way our GRPO launch
+"""Our `compute_score` (meddialog/verl/reward.py) inside verl's reward loop, loaded the way our GRPO launch
 configures it (reward.custom_reward_function), scoring a batch of tokenized responses."""
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from meddialog.training.rewards import compute_score
 from meddialog.verl.launch import grpo_command
+from meddialog.verl.reward import compute_score
 
 
 def test_compute_score_runs_in_verls_reward_loop_on_a_batch(params, verl_project, tokenizer, compose):
@@ -64,6 +64,6 @@ def test_verl_reads_the_reward_function_under_reward_not_the_legacy_top_level_ke
 
     argv = grpo_command(params, verl_project, Path("models/base"), Path("models/verl/checkpoints/run")).argv
     ours = get_custom_reward_fn(compose(argv))
-    assert ours.args[0].__code__.co_filename == str(Path(__file__).resolve().parents[1] / "meddialog/training/rewards.py")
+    assert ours.args[0].__code__.co_filename == str(Path(__file__).resolve().parents[1] / "meddialog/verl/reward.py")
     legacy = [a.replace("reward.custom_reward_function.", "custom_reward_function.") for a in argv]
     assert get_custom_reward_fn(compose(legacy)) is None

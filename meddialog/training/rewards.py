@@ -1,4 +1,4 @@
-"""GRPO rewards: pure per-answer scores, and the TRL and verl entry points over them.
+"""GRPO rewards: pure per-answer scores, the registry, and TRL's reward functions over them.
 
 Each component maps (completion, reference, prompt) to a float in a documented range:
 
@@ -20,8 +20,8 @@ in params.yaml's `grpo.rewards` (meddialog.params builds RewardParams from the r
 default weights) and its `reward_<name>` column in dvc.yaml's grpo_rewards plot (a test checks it).
 
 The total is the weighted sum (`grpo.rewards.*` weights). TRL gets one reward function per
-weighted component (`reward_functions`), so it logs each; verl gets `compute_score`, which
-returns the total and every component. Both score with `REWARDS`, so they cannot disagree.
+weighted component (`reward_functions`), so it logs each; verl gets `compute_score`
+(meddialog/verl/reward.py), which returns the total and every component. Both score with `REWARDS`, so they cannot disagree.
 """
 from __future__ import annotations
 
@@ -187,26 +187,6 @@ def _trl_reward(name: str, params: RewardParams) -> Callable:
 
     reward.__name__ = name  # TRL logs rewards/<__name__>/mean
     return reward
-
-
-def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None,
-                  **kwargs) -> dict[str, float]:
-    """verl's custom reward entry point (`custom_reward_function.path/name`).
-
-    The patient's message arrives as `extra_info["question"]` (written by the process stage);
-    without it the prompt-dependent component (safety's red-flag check) scores neutrally.
-    """
-    question = (extra_info or {}).get("question")
-    return score_components(solution_str or "", ground_truth or "", question, _default_reward_params())
-
-
-@lru_cache(maxsize=1)
-def _default_reward_params() -> RewardParams:
-    from pathlib import Path
-
-    from meddialog.params import load_params
-
-    return load_params(Path(__file__).resolve().parents[2] / "params.yaml").grpo.rewards
 
 
 def _text(completion: Any) -> str:

@@ -4,7 +4,7 @@
 * RL (`verl.trainer.main_ppo`): verl's RLHF schema: `data_source`, `prompt` (chat messages
   without the final answer), `ability`, `reward_model{style, ground_truth}` and
   `extra_info{index, split, source, question}`. `question` is the patient's last message, so
-  reward functions under verl can read the patient's words (meddialog.training.rewards.compute_score).
+  reward functions under verl can read the patient's words (meddialog.verl.reward.compute_score).
 """
 from __future__ import annotations
 

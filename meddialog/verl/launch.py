@@ -27,7 +27,7 @@ from meddialog.tracking import repo_root, tracking_uri
 
 CODE_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = CODE_ROOT / "configs" / "verl"
-REWARD_FILE = CODE_ROOT / "meddialog" / "training" / "rewards.py"  # verl loads `compute_score` from it
+REWARD_FILE = CODE_ROOT / "meddialog" / "verl" / "reward.py"  # verl loads `compute_score` from it
 
 
 class Expanded(str):
@@ -54,7 +54,7 @@ def verl_python(params: Params) -> str:
 
 
 def launch_env() -> dict[str, str]:
-    """PYTHONPATH: verl imports meddialog/training/rewards.py by path, and it imports `stages.*`.
+    """PYTHONPATH: verl imports meddialog/verl/reward.py by path, and it imports `meddialog.*`.
     MLFLOW_TRACKING_URI: verl's MLflow logger otherwise writes to sqlite:////tmp/mlruns.db."""
     entries = [str(CODE_ROOT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
     pythonpath = os.pathsep.join(p for p in dict.fromkeys(entries) if p)
