@@ -81,7 +81,7 @@ def test_grpo_dry_run_is_main_ppo_from_the_merged_sft_model_with_our_reward(proj
     assert values["actor_rollout_ref.model.path"] == f"{checkpoints}/init"
     assert merge.startswith("#") and f"models/base + models/sft merged into {checkpoints}/init" in merge
     assert values["data.train_files"] == str(project / "data/verl/rl_train.parquet")
-    assert values["reward.custom_reward_function.path"] == str(REPO / "meddialog/training/rewards.py")
+    assert values["reward.custom_reward_function.path"] == str(REPO / "meddialog/verl/reward.py")
     assert (values["actor_rollout_ref.rollout.name"], values["actor_rollout_ref.rollout.n"]) == ("sglang", "8")
     assert values["actor_rollout_ref.model.lora_rank"] == "16"
     assert (values["actor_rollout_ref.actor.use_kl_loss"], values["actor_rollout_ref.actor.kl_loss_coef"]) == \
