@@ -14,9 +14,12 @@ alone replaces only its own keys.
 matmul: the fp32 matmul ceiling of this machine (GFLOP/s of a square torch.mm at torch's default
 thread count), measured in the same run as sft, whose MFU is a fraction of it.
 
-generation: tokens/s of our batched path (meddialog.modeling.generation) against the tutorial's way, one
-prompt at a time with `model.generate` in a Python loop, on the same test prompts and the same
-model (models/base), greedy; checks the texts are identical and prints both rates and their ratio.
+generation: tokens/s of our batched path (meddialog.modeling.generation), of `model.generate` on the same
+length-sorted batches (left padding, same stop tokens) and of the tutorial's way, one prompt at a time
+with `model.generate` in a Python loop; same test prompts, model (models/base), batch size and
+max_new_tokens (params.yaml's generation recipe), greedy. Each repeat runs every variant once, so the
+ratios (ours / batched, ours / one at a time) pair runs made close together; the greedy texts of all
+variants must be identical, or the part fails.
 
 sft / grpo: the real stage (`python -m stages.sft` / `stages.grpo`) with the default recipe of
 params.yaml, run for a few steps in a throw-away workspace (params.yaml copied with fewer steps,
@@ -82,12 +85,12 @@ def merge_results(path: Path, results: dict[str, float]) -> dict[str, float]:
 
 
 def print_table(results: dict[str, float]) -> None:
-    print(f"\n{'figure':<34}{'median':>12}{'min':>12}{'max':>12}")
+    print(f"\n{'figure':<42}{'median':>12}{'min':>12}{'max':>12}")
     for key, value in results.items():
         if key.endswith(("_min", "_max")):
             continue
         low, high = results.get(f"{key}_min"), results.get(f"{key}_max")
-        print(f"{key:<34}{value:>12.4g}" + ("" if low is None else f"{low:>12.4g}{high:>12.4g}"))
+        print(f"{key:<42}{value:>12.4g}" + ("" if low is None else f"{low:>12.4g}{high:>12.4g}"))
 
 
 def check_inputs(parts: tuple[str, ...]) -> None:
@@ -134,6 +137,33 @@ def tutorial_loop(model, tokenizer, prompts, max_new_tokens: int) -> list[str]:
     return answers
 
 
+def batched_generate(model, tokenizer, prompts, params) -> list[str]:
+    """`model.generate` on the same batches as meddialog.modeling.generation (prompts sorted by length,
+    `params.batch_size` at a time), left-padded, stopping on the same tokens: the library's own way to
+    batch, so the comparison isolates our decode loop (shared prefix, finished rows leaving the batch)."""
+    import torch
+
+    from meddialog.modeling.generation import stop_token_ids
+
+    encoded = [tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)
+               ["input_ids"] for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    sampling = {"temperature": params.temperature, "top_p": params.top_p} if params.do_sample else \
+        {"temperature": None, "top_p": None}
+    answers = [""] * len(prompts)
+    for start in range(0, len(order), params.batch_size):
+        batch = order[start:start + params.batch_size]
+        inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding_side="left", return_tensors="pt")
+        with torch.inference_mode():
+            output = model.generate(**inputs.to(model.device), max_new_tokens=params.max_new_tokens,
+                                    do_sample=params.do_sample, top_k=None, **sampling,
+                                    eos_token_id=stop_token_ids(tokenizer, model.generation_config),
+                                    pad_token_id=tokenizer.pad_token_id)
+        for index, row in zip(batch, output[:, inputs["input_ids"].shape[1]:]):
+            answers[index] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return answers
+
+
 def bench_generation(args: argparse.Namespace) -> dict[str, float]:
     from meddialog.evaluation.evaluate import select, test_conversations
     from meddialog.modeling.generation import generate, prompt_messages
@@ -147,38 +177,47 @@ def bench_generation(args: argparse.Namespace) -> dict[str, float]:
     model, tokenizer = load_model(BASE_DIR, params.model)
     samples = select(test_conversations(list(params.data.sources)), args.prompts, params.seed)
     prompts = [prompt_messages(s["messages"]) for s in samples]
+    variants = {"ours": lambda g: generate(model, tokenizer, prompts, g, progress=False),
+                "generate_batched": lambda g: batched_generate(model, tokenizer, prompts, g),
+                "one_at_a_time": lambda g: tutorial_loop(model, tokenizer, prompts, g.max_new_tokens)}
 
-    def timed(fn):
-        started = time.perf_counter()
-        answers = fn()
-        seconds = time.perf_counter() - started
-        tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
-        return answers, tokens / seconds
-
-    generate(model, tokenizer, prompts[:1], dataclasses.replace(gen, max_new_tokens=2), progress=False)  # warm-up
-    batched_rates, loop_rates = [], []
+    for run in variants.values():  # warm-up: thread pool, allocator, first-call paths of each variant
+        run(dataclasses.replace(gen, max_new_tokens=2))
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
     for repeat in range(args.repeats):
-        batched, rate = timed(lambda: generate(model, tokenizer, prompts, gen, progress=False))
-        batched_rates.append(rate)
-        looped, rate = timed(lambda: tutorial_loop(model, tokenizer, prompts, gen.max_new_tokens))
-        loop_rates.append(rate)
-        if batched != looped:
-            differing = sum(a != b for a, b in zip(batched, looped))
-            raise SystemExit(f"batched and one-at-a-time greedy outputs differ on {differing} of {len(prompts)} prompts")
-        log.info("repeat %d: batched %.1f tok/s, loop %.1f tok/s", repeat + 1, batched_rates[-1], loop_rates[-1])
-    ratios = [b / l for b, l in zip(batched_rates, loop_rates)]
+        # every repeat runs each variant once, starting at a different one, so drift in the machine's
+        # speed (other work on the shared cores) falls on all variants alike and the ratios pair runs
+        # made minutes apart at most
+        texts = {}
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            started = time.perf_counter()
+            texts[name] = variants[name](gen)
+            seconds = time.perf_counter() - started
+            tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in texts[name])
+            rates[name].append(tokens / seconds)
+        for name in names[1:]:
+            if texts[name] != texts["ours"]:
+                differing = sum(a != b for a, b in zip(texts["ours"], texts[name]))
+                raise UserError(f"greedy texts of ours and {name} differ on {differing} of {len(prompts)} prompts")
+        log.info("repeat %d: %s", repeat + 1, ", ".join(f"{n} {r[-1]:.1f} tok/s" for n, r in rates.items()))
+    over_batched = [o / b for o, b in zip(rates["ours"], rates["generate_batched"])]
+    over_one = [o / b for o, b in zip(rates["ours"], rates["one_at_a_time"])]
     results = {"generation.prompts": float(len(prompts)), "generation.batch_size": float(gen.batch_size),
-               **summary("generation.batched_tokens_per_s", batched_rates),
-               **summary("generation.loop_tokens_per_s", loop_rates),
-               **summary("generation.speedup", ratios)}
+               "generation.max_new_tokens": float(gen.max_new_tokens),
+               **summary("generation.batched_tokens_per_s", rates["ours"]),
+               **summary("generation.generate_batched_tokens_per_s", rates["generate_batched"]),
+               **summary("generation.loop_tokens_per_s", rates["one_at_a_time"]),
+               **summary("generation.speedup_over_generate_batched", over_batched),
+               **summary("generation.speedup", over_one)}
     print(f"\ngeneration on models/base: {len(prompts)} prompts, batch size {gen.batch_size}, "
           f"{gen.max_new_tokens} new tokens, {args.repeats} repeats (identical greedy outputs)")
-    print(f"  batched (ours)          {results['generation.batched_tokens_per_s']:8.1f} tok/s  "
-          f"[{min(batched_rates):.1f} .. {max(batched_rates):.1f}]")
-    print(f"  one at a time (loop)    {results['generation.loop_tokens_per_s']:8.1f} tok/s  "
-          f"[{min(loop_rates):.1f} .. {max(loop_rates):.1f}]")
-    print(f"  speedup                 {results['generation.speedup']:8.2f}x       "
-          f"[{min(ratios):.2f} .. {max(ratios):.2f}]")
+    rows = (("ours (meddialog.modeling.generation)", rates["ours"], " tok/s"),
+            ("model.generate, batched", rates["generate_batched"], " tok/s"),
+            ("model.generate, one at a time", rates["one_at_a_time"], " tok/s"),
+            ("ours / generate batched", over_batched, "x"), ("ours / one at a time", over_one, "x"))
+    for label, values, unit in rows:
+        print(f"  {label:<38}{statistics.median(values):8.2f}{unit:<6} [{min(values):.2f} .. {max(values):.2f}]")
     return results
 
 
