@@ -14,12 +14,11 @@ alone replaces only its own keys.
 matmul: the fp32 matmul ceiling of this machine (GFLOP/s of a square torch.mm at torch's default
 thread count), measured in the same run as sft, whose MFU is a fraction of it.
 
-generation: tokens/s of our batched path (meddialog.modeling.generation), of `model.generate` on the same
-length-sorted batches (left padding, same stop tokens) and of the tutorial's way, one prompt at a time
-with `model.generate` in a Python loop; same test prompts, model (models/base), batch size and
-max_new_tokens (params.yaml's generation recipe), greedy. Each repeat runs every variant once, so the
-ratios (ours / batched, ours / one at a time) pair runs made close together; the greedy texts of all
-variants must be identical, or the part fails.
+generation: tokens/s of the pipeline's batched path (meddialog.modeling.generation: `model.generate`
+on length-sorted batches) against the tutorial's way, one prompt at a time with `model.generate` in a
+Python loop; same test prompts, model (models/base) and max_new_tokens, batch size from params.yaml's
+generation recipe, greedy. Each repeat runs both once, so each ratio pairs runs made close together;
+the greedy texts must be identical, or the part fails.
 
 sft / grpo: the real stage (`python -m stages.sft` / `stages.grpo`) with the default recipe of
 params.yaml, run for a few steps in a throw-away workspace (params.yaml copied with fewer steps,
@@ -137,33 +136,6 @@ def tutorial_loop(model, tokenizer, prompts, max_new_tokens: int) -> list[str]:
     return answers
 
 
-def batched_generate(model, tokenizer, prompts, params) -> list[str]:
-    """`model.generate` on the same batches as meddialog.modeling.generation (prompts sorted by length,
-    `params.batch_size` at a time), left-padded, stopping on the same tokens: the library's own way to
-    batch, so the comparison isolates our decode loop (shared prefix, finished rows leaving the batch)."""
-    import torch
-
-    from meddialog.modeling.generation import stop_token_ids
-
-    encoded = [tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)
-               ["input_ids"] for p in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    sampling = {"temperature": params.temperature, "top_p": params.top_p} if params.do_sample else \
-        {"temperature": None, "top_p": None}
-    answers = [""] * len(prompts)
-    for start in range(0, len(order), params.batch_size):
-        batch = order[start:start + params.batch_size]
-        inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding_side="left", return_tensors="pt")
-        with torch.inference_mode():
-            output = model.generate(**inputs.to(model.device), max_new_tokens=params.max_new_tokens,
-                                    do_sample=params.do_sample, top_k=None, **sampling,
-                                    eos_token_id=stop_token_ids(tokenizer, model.generation_config),
-                                    pad_token_id=tokenizer.pad_token_id)
-        for index, row in zip(batch, output[:, inputs["input_ids"].shape[1]:]):
-            answers[index] = tokenizer.decode(row, skip_special_tokens=True).strip()
-    return answers
-
-
 def bench_generation(args: argparse.Namespace) -> dict[str, float]:
     from meddialog.evaluation.evaluate import select, test_conversations
     from meddialog.modeling.generation import generate, prompt_messages
@@ -177,8 +149,7 @@ def bench_generation(args: argparse.Namespace) -> dict[str, float]:
     model, tokenizer = load_model(BASE_DIR, params.model)
     samples = select(test_conversations(list(params.data.sources)), args.prompts, params.seed)
     prompts = [prompt_messages(s["messages"]) for s in samples]
-    variants = {"ours": lambda g: generate(model, tokenizer, prompts, g, progress=False),
-                "generate_batched": lambda g: batched_generate(model, tokenizer, prompts, g),
+    variants = {"batched": lambda g: generate(model, tokenizer, prompts, g, progress=False),
                 "one_at_a_time": lambda g: tutorial_loop(model, tokenizer, prompts, g.max_new_tokens)}
 
     for run in variants.values():  # warm-up: thread pool, allocator, first-call paths of each variant
@@ -187,8 +158,8 @@ def bench_generation(args: argparse.Namespace) -> dict[str, float]:
     names = list(variants)
     for repeat in range(args.repeats):
         # every repeat runs each variant once, starting at a different one, so drift in the machine's
-        # speed (other work on the shared cores) falls on all variants alike and the ratios pair runs
-        # made minutes apart at most
+        # speed (other work on the shared cores) falls on all variants alike and each ratio pairs runs
+        # made close together
         texts = {}
         for name in names[repeat % len(names):] + names[:repeat % len(names)]:
             started = time.perf_counter()
@@ -196,28 +167,23 @@ def bench_generation(args: argparse.Namespace) -> dict[str, float]:
             seconds = time.perf_counter() - started
             tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in texts[name])
             rates[name].append(tokens / seconds)
-        for name in names[1:]:
-            if texts[name] != texts["ours"]:
-                differing = sum(a != b for a, b in zip(texts["ours"], texts[name]))
-                raise UserError(f"greedy texts of ours and {name} differ on {differing} of {len(prompts)} prompts")
+        if texts["batched"] != texts["one_at_a_time"]:
+            differing = sum(a != b for a, b in zip(texts["batched"], texts["one_at_a_time"]))
+            raise UserError(f"batched and one-at-a-time greedy texts differ on {differing} of {len(prompts)} prompts")
         log.info("repeat %d: %s", repeat + 1, ", ".join(f"{n} {r[-1]:.1f} tok/s" for n, r in rates.items()))
-    over_batched = [o / b for o, b in zip(rates["ours"], rates["generate_batched"])]
-    over_one = [o / b for o, b in zip(rates["ours"], rates["one_at_a_time"])]
+    ratios = [b / o for b, o in zip(rates["batched"], rates["one_at_a_time"])]
     results = {"generation.prompts": float(len(prompts)), "generation.batch_size": float(gen.batch_size),
                "generation.max_new_tokens": float(gen.max_new_tokens),
-               **summary("generation.batched_tokens_per_s", rates["ours"]),
-               **summary("generation.generate_batched_tokens_per_s", rates["generate_batched"]),
+               **summary("generation.batched_tokens_per_s", rates["batched"]),
                **summary("generation.loop_tokens_per_s", rates["one_at_a_time"]),
-               **summary("generation.speedup_over_generate_batched", over_batched),
-               **summary("generation.speedup", over_one)}
+               **summary("generation.speedup", ratios)}
     print(f"\ngeneration on models/base: {len(prompts)} prompts, batch size {gen.batch_size}, "
           f"{gen.max_new_tokens} new tokens, {args.repeats} repeats (identical greedy outputs)")
-    rows = (("ours (meddialog.modeling.generation)", rates["ours"], " tok/s"),
-            ("model.generate, batched", rates["generate_batched"], " tok/s"),
-            ("model.generate, one at a time", rates["one_at_a_time"], " tok/s"),
-            ("ours / generate batched", over_batched, "x"), ("ours / one at a time", over_one, "x"))
+    rows = (("batched (meddialog.modeling.generation)", rates["batched"], " tok/s"),
+            ("one at a time (the tutorial's loop)", rates["one_at_a_time"], " tok/s"),
+            ("speedup", ratios, "x"))
     for label, values, unit in rows:
-        print(f"  {label:<38}{statistics.median(values):8.2f}{unit:<6} [{min(values):.2f} .. {max(values):.2f}]")
+        print(f"  {label:<42}{statistics.median(values):8.2f}{unit:<6} [{min(values):.2f} .. {max(values):.2f}]")
     return results
 
 
