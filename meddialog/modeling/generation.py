@@ -7,8 +7,9 @@ identical to `model.generate` on one prompt at a time (tests/test_generation.py,
 `python -m tools.bench generation`, which also measures the two against each other).
 
 A hand-written decode loop (the prompts' shared prefix computed once, finished rows leaving the
-batch) used to stand here; measured against this in the bench, on the same batches, it was no
-faster on the pipeline's recipe, so it went: see docs/performance.md before writing another.
+batch) used to stand here. Measured against this on the same batches (the generation bench, which
+ran both until the loop went) it was no faster on the pipeline's recipe: the figures and the method
+are in docs/performance.md; read them before writing another.
 """
 from __future__ import annotations
 
