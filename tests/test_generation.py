@@ -3,11 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from meddialog.modeling.generation import (
-    generate,
-    prompt_messages,
-    shared_prefix_length,
-)
+from meddialog.modeling.generation import generate, prompt_messages
 from meddialog.modeling.loading import load_model
 from meddialog.params import GenerationParams, ModelParams
 from tools.bench import tutorial_loop
@@ -29,13 +25,6 @@ def test_prompt_is_the_dialogue_up_to_the_last_answer():
     assert prompt_messages(messages) == messages[:4]
 
 
-def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
-    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 9]]) == 2
-    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
-    assert shared_prefix_length([[7, 2], [1, 2]]) == 0
-    assert shared_prefix_length([[1, 2, 3]]) == 2
-
-
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_batched_greedy_equals_hf_generate_one_at_a_time(tiny_model_dir, batch_size):
     model, tokenizer = load_model(tiny_model_dir, MODEL)
@@ -45,7 +34,7 @@ def test_batched_greedy_equals_hf_generate_one_at_a_time(tiny_model_dir, batch_s
     assert len(batched) == len(PROMPTS) and any(batched)
 
 
-def test_prompts_without_a_shared_prefix(tiny_model_dir):
+def test_prompts_with_different_system_prompts_in_one_batch(tiny_model_dir):
     model, tokenizer = load_model(tiny_model_dir, MODEL)
     prompts = [[{"role": "user", "content": text}] for text in ("Hi", "Where is my liver?")]
     prompts[1].insert(0, {"role": "system", "content": "Be brief."})
@@ -65,7 +54,8 @@ def test_sampling_is_reproducible_under_a_seed(tiny_model_dir):
 
 @pytest.mark.slow
 def test_embedded_model_rows_that_stop_early_leave_the_batch_unchanged():
-    """The real model ends short answers early; the rows still decoding must not notice."""
+    """The real model ends short answers early; the rows still decoding must not notice, and the
+    padding that fills the stopped rows must not reach their answers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from meddialog.modeling.loading import resolve_gguf
@@ -84,6 +74,21 @@ def test_embedded_model_rows_that_stop_early_leave_the_batch_unchanged():
     assert batched == tutorial_loop(model, tokenizer, prompts, 40)
     lengths = [len(tokenizer(a)["input_ids"]) for a in batched]
     assert min(lengths) < 20 <= max(lengths), lengths  # some rows stopped while others went on
+
+
+def test_checkpoint_generation_config_does_not_change_the_decoding(tiny_model_dir):
+    """params.yaml decides the decoding: sampling settings in a checkpoint's generation_config.json
+    (as Qwen2.5 ships them: sampling on, top_k, a repetition penalty) change nothing."""
+    model, tokenizer = load_model(tiny_model_dir, MODEL)
+    params = GenerationParams(max_new_tokens=12, batch_size=3)
+    plain = generate(model, tokenizer, PROMPTS, params, progress=False)
+    model.generation_config.update(do_sample=True, temperature=0.7, top_k=2, top_p=0.8, repetition_penalty=3.0)
+    assert generate(model, tokenizer, PROMPTS, params, progress=False) == plain
+    # the same config does change what `generate` does when given nothing: the check above can fail
+    inputs = tokenizer.apply_chat_template(PROMPTS[1], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    torch.manual_seed(0)
+    output = model.generate(**inputs, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id)
+    assert tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip() != plain[1]
 
 
 def test_answers_come_back_in_prompt_order(tiny_model_dir):

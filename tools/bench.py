@@ -14,9 +14,11 @@ alone replaces only its own keys.
 matmul: the fp32 matmul ceiling of this machine (GFLOP/s of a square torch.mm at torch's default
 thread count), measured in the same run as sft, whose MFU is a fraction of it.
 
-generation: tokens/s of our batched path (meddialog.modeling.generation) against the tutorial's way, one
-prompt at a time with `model.generate` in a Python loop, on the same test prompts and the same
-model (models/base), greedy; checks the texts are identical and prints both rates and their ratio.
+generation: tokens/s of the pipeline's batched path (meddialog.modeling.generation: `model.generate`
+on length-sorted batches) against the tutorial's way, one prompt at a time with `model.generate` in a
+Python loop; same test prompts, model (models/base) and max_new_tokens, batch size from params.yaml's
+generation recipe, greedy. Each repeat runs both once, so each ratio pairs runs made close together;
+the greedy texts must be identical, or the part fails.
 
 sft / grpo: the real stage (`python -m stages.sft` / `stages.grpo`) with the default recipe of
 params.yaml, run for a few steps in a throw-away workspace (params.yaml copied with fewer steps,
@@ -82,12 +84,12 @@ def merge_results(path: Path, results: dict[str, float]) -> dict[str, float]:
 
 
 def print_table(results: dict[str, float]) -> None:
-    print(f"\n{'figure':<34}{'median':>12}{'min':>12}{'max':>12}")
+    print(f"\n{'figure':<42}{'median':>12}{'min':>12}{'max':>12}")
     for key, value in results.items():
         if key.endswith(("_min", "_max")):
             continue
         low, high = results.get(f"{key}_min"), results.get(f"{key}_max")
-        print(f"{key:<34}{value:>12.4g}" + ("" if low is None else f"{low:>12.4g}{high:>12.4g}"))
+        print(f"{key:<42}{value:>12.4g}" + ("" if low is None else f"{low:>12.4g}{high:>12.4g}"))
 
 
 def check_inputs(parts: tuple[str, ...]) -> None:
@@ -147,38 +149,41 @@ def bench_generation(args: argparse.Namespace) -> dict[str, float]:
     model, tokenizer = load_model(BASE_DIR, params.model)
     samples = select(test_conversations(list(params.data.sources)), args.prompts, params.seed)
     prompts = [prompt_messages(s["messages"]) for s in samples]
+    variants = {"batched": lambda g: generate(model, tokenizer, prompts, g, progress=False),
+                "one_at_a_time": lambda g: tutorial_loop(model, tokenizer, prompts, g.max_new_tokens)}
 
-    def timed(fn):
-        started = time.perf_counter()
-        answers = fn()
-        seconds = time.perf_counter() - started
-        tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
-        return answers, tokens / seconds
-
-    generate(model, tokenizer, prompts[:1], dataclasses.replace(gen, max_new_tokens=2), progress=False)  # warm-up
-    batched_rates, loop_rates = [], []
+    for run in variants.values():  # warm-up: thread pool, allocator, first-call paths of each variant
+        run(dataclasses.replace(gen, max_new_tokens=2))
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
     for repeat in range(args.repeats):
-        batched, rate = timed(lambda: generate(model, tokenizer, prompts, gen, progress=False))
-        batched_rates.append(rate)
-        looped, rate = timed(lambda: tutorial_loop(model, tokenizer, prompts, gen.max_new_tokens))
-        loop_rates.append(rate)
-        if batched != looped:
-            differing = sum(a != b for a, b in zip(batched, looped))
-            raise SystemExit(f"batched and one-at-a-time greedy outputs differ on {differing} of {len(prompts)} prompts")
-        log.info("repeat %d: batched %.1f tok/s, loop %.1f tok/s", repeat + 1, batched_rates[-1], loop_rates[-1])
-    ratios = [b / l for b, l in zip(batched_rates, loop_rates)]
+        # every repeat runs each variant once, starting at a different one, so drift in the machine's
+        # speed (other work on the shared cores) falls on all variants alike and each ratio pairs runs
+        # made close together
+        texts = {}
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            started = time.perf_counter()
+            texts[name] = variants[name](gen)
+            seconds = time.perf_counter() - started
+            tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in texts[name])
+            rates[name].append(tokens / seconds)
+        if texts["batched"] != texts["one_at_a_time"]:
+            differing = sum(a != b for a, b in zip(texts["batched"], texts["one_at_a_time"]))
+            raise UserError(f"batched and one-at-a-time greedy texts differ on {differing} of {len(prompts)} prompts")
+        log.info("repeat %d: %s", repeat + 1, ", ".join(f"{n} {r[-1]:.1f} tok/s" for n, r in rates.items()))
+    ratios = [b / o for b, o in zip(rates["batched"], rates["one_at_a_time"])]
     results = {"generation.prompts": float(len(prompts)), "generation.batch_size": float(gen.batch_size),
-               **summary("generation.batched_tokens_per_s", batched_rates),
-               **summary("generation.loop_tokens_per_s", loop_rates),
+               "generation.max_new_tokens": float(gen.max_new_tokens),
+               **summary("generation.batched_tokens_per_s", rates["batched"]),
+               **summary("generation.loop_tokens_per_s", rates["one_at_a_time"]),
                **summary("generation.speedup", ratios)}
     print(f"\ngeneration on models/base: {len(prompts)} prompts, batch size {gen.batch_size}, "
           f"{gen.max_new_tokens} new tokens, {args.repeats} repeats (identical greedy outputs)")
-    print(f"  batched (ours)          {results['generation.batched_tokens_per_s']:8.1f} tok/s  "
-          f"[{min(batched_rates):.1f} .. {max(batched_rates):.1f}]")
-    print(f"  one at a time (loop)    {results['generation.loop_tokens_per_s']:8.1f} tok/s  "
-          f"[{min(loop_rates):.1f} .. {max(loop_rates):.1f}]")
-    print(f"  speedup                 {results['generation.speedup']:8.2f}x       "
-          f"[{min(ratios):.2f} .. {max(ratios):.2f}]")
+    rows = (("batched (meddialog.modeling.generation)", rates["batched"], " tok/s"),
+            ("one at a time (the tutorial's loop)", rates["one_at_a_time"], " tok/s"),
+            ("speedup", ratios, "x"))
+    for label, values, unit in rows:
+        print(f"  {label:<42}{statistics.median(values):8.2f}{unit:<6} [{min(values):.2f} .. {max(values):.2f}]")
     return results
 
 
