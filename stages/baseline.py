@@ -9,7 +9,8 @@ metrics/baseline.json (DVC metrics) and metrics/baseline_predictions.jsonl.
 from __future__ import annotations
 
 from meddialog import cli
-from meddialog.evaluation.evaluate import evaluate_model, select, test_conversations
+from meddialog.data.subsets import seeded_prefix
+from meddialog.evaluation.evaluate import evaluate_model, test_conversations
 from meddialog.evaluation.scoring import Embedder
 from meddialog.params import load_params
 from meddialog.paths import BASE_DIR
@@ -17,7 +18,7 @@ from meddialog.paths import BASE_DIR
 
 def main() -> None:
     params = load_params()
-    samples = select(test_conversations(list(params.data.sources)), params.baseline.num_samples, params.seed)
+    samples = seeded_prefix(test_conversations(list(params.data.sources)), params.baseline.num_samples, params.seed)
     evaluate_model("baseline", "baseline", BASE_DIR, samples, params, Embedder())
 
 

@@ -14,11 +14,10 @@ import json
 import logging
 
 from meddialog import cli
+from meddialog.data.subsets import seeded_prefix
 from meddialog.errors import UserError
 from meddialog.evaluation.evaluate import (
-    METRICS_DIR,
     evaluate_model,
-    select,
     test_conversations,
 )
 from meddialog.evaluation.report import (
@@ -30,7 +29,7 @@ from meddialog.evaluation.report import (
 )
 from meddialog.evaluation.scoring import Embedder
 from meddialog.params import load_params
-from meddialog.paths import GRPO_DIR, SFT_DIR
+from meddialog.paths import GRPO_DIR, METRICS_DIR, SFT_DIR
 
 log = logging.getLogger("eval")
 
@@ -44,7 +43,7 @@ def main() -> None:
             raise UserError(f"{path} not found: the {name} stage has not produced a model (`dvc repro {name}`)")
     if not (METRICS_DIR / "baseline.json").is_file():
         raise UserError("metrics/baseline.json not found: run the baseline stage first (`dvc repro baseline`)")
-    samples = select(test_conversations(list(params.data.sources)), params.eval.num_samples, params.seed)
+    samples = seeded_prefix(test_conversations(list(params.data.sources)), params.eval.num_samples, params.seed)
     embedder = Embedder()
     for name, path in TRAINED.items():
         evaluate_model("eval", name, path, samples, params, embedder)

@@ -137,7 +137,8 @@ def tutorial_loop(model, tokenizer, prompts, max_new_tokens: int) -> list[str]:
 
 
 def bench_generation(args: argparse.Namespace) -> dict[str, float]:
-    from meddialog.evaluation.evaluate import select, test_conversations
+    from meddialog.data.subsets import seeded_prefix
+    from meddialog.evaluation.evaluate import test_conversations
     from meddialog.modeling.generation import generate, prompt_messages
     from meddialog.modeling.loading import load_model
     from meddialog.params import load_params
@@ -147,7 +148,7 @@ def bench_generation(args: argparse.Namespace) -> dict[str, float]:
     gen = dataclasses.replace(params.generation, batch_size=args.batch_size or params.generation.batch_size,
                               max_new_tokens=args.max_new_tokens or params.generation.max_new_tokens, do_sample=False)
     model, tokenizer = load_model(BASE_DIR, params.model)
-    samples = select(test_conversations(list(params.data.sources)), args.prompts, params.seed)
+    samples = seeded_prefix(test_conversations(list(params.data.sources)), args.prompts, params.seed)
     prompts = [prompt_messages(s["messages"]) for s in samples]
     variants = {"batched": lambda g: generate(model, tokenizer, prompts, g, progress=False),
                 "one_at_a_time": lambda g: tutorial_loop(model, tokenizer, prompts, g.max_new_tokens)}

@@ -38,8 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from meddialog.data.subsets import seeded_prefix
     from meddialog.errors import UserError
-    from meddialog.evaluation.evaluate import evaluate_model, read_conversations, select
+    from meddialog.evaluation.evaluate import evaluate_model, read_conversations
     from meddialog.evaluation.scoring import Embedder
     from meddialog.modeling.loading import model_chain
     from meddialog.params import load_params
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--batch-size and --max-new-tokens must be >= 1")
     params = dataclasses.replace(params, generation=dataclasses.replace(params.generation, **overrides))
     model_chain(args.model_path)  # fail on a bad path before reading data or loading anything heavy
-    samples = select(read_conversations(args.test_data, params.data.system_prompt), args.num_samples, params.seed)
+    samples = seeded_prefix(read_conversations(args.test_data, params.data.system_prompt), args.num_samples, params.seed)
     out = args.out or DEFAULT_OUT_DIR / f"{args.model_path.resolve().name}.json"
     metrics = evaluate_model("evaluate", out.stem, args.model_path, samples, params, Embedder(), out_dir=out.parent)
     json.dump(metrics, sys.stdout, indent=2, sort_keys=True)

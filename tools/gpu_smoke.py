@@ -152,9 +152,10 @@ def in_workspace() -> Iterator[None]:
 
 
 def sample_conversations(params, count: int) -> list[dict]:
-    from meddialog.evaluation.evaluate import select, test_conversations
+    from meddialog.data.subsets import seeded_prefix
+    from meddialog.evaluation.evaluate import test_conversations
 
-    return select(test_conversations(list(params.data.sources)), count, params.seed)
+    return seeded_prefix(test_conversations(list(params.data.sources)), count, params.seed)
 
 
 def read_json(relative: str) -> dict:

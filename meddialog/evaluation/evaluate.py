@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from pathlib import Path
 
@@ -66,13 +65,6 @@ def _conversation(path: Path, number: int, line: str, system_prompt: str) -> dic
         system_prompt = record["messages"][0]["content"]
     return {"id": str(record.get("id", f"{path.stem}-{number}")),
             "messages": [{"role": "system", "content": system_prompt}] + turns}
-
-
-def select(records: list[dict], num_samples: int, seed: int) -> list[dict]:
-    """Seeded selection; a smaller `num_samples` gives a prefix of a larger one's selection."""
-    shuffled = list(records)
-    random.Random(seed).shuffle(shuffled)
-    return shuffled[:num_samples]
 
 
 def evaluate(model, tokenizer, samples: list[dict], params: Params, embedder: Embedder) -> tuple[dict, list[dict], float]:

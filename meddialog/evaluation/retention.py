@@ -98,11 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-samples", type=int, default=8, help="test dialogues (seeded selection, default 8)")
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    from meddialog.evaluation.evaluate import select, test_conversations
+    from meddialog.data.subsets import seeded_prefix
+    from meddialog.evaluation.evaluate import test_conversations
     from meddialog.params import load_params
 
     params = load_params()
-    conversations = select(test_conversations(list(params.data.sources)), args.num_samples, params.seed)
+    conversations = seeded_prefix(test_conversations(list(params.data.sources)), args.num_samples, params.seed)
     figures = retention(args.adapter, conversations, params.model)
     for name, value in figures.items():
         print(f"{name:>18}  {value:.4f}")
