@@ -28,8 +28,8 @@ writes. sft: real (non-padding) training tokens/s, achieved FLOP/s and MFU (see
 tokens/s, peak resident memory.
 
 pipeline: wall time of `dvc repro` from scratch in a fresh clone of HEAD (`--full-repro-runs`,
-default 1: one run takes about 10 minutes on 2 CPU cores, and from-scratch runs vary little next
-to that), then of a no-op `dvc repro` on that completed clone. With --skip-full-repro the no-op is
+default 1: one run is the whole pipeline (docs/performance.md has its duration), and from-scratch
+runs vary little next to that), then of a no-op `dvc repro` on that completed clone. With --skip-full-repro the no-op is
 timed in this repository, which must then be up to date, and pipeline.full_repro_s is left out.
 """
 from __future__ import annotations
