@@ -23,13 +23,15 @@ runs it as it runs sft's: run key, resume, MLflow, outputs (models/grpo, metrics
 """
 from __future__ import annotations
 
+import csv
 import logging
 import statistics
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meddialog import cli
 from meddialog.params import load_params
-from meddialog.paths import BASE_DIR, GRPO_DIR, SFT_DIR
+from meddialog.paths import BASE_DIR, GRPO_DIR, METRICS_DIR, SFT_DIR
 
 if TYPE_CHECKING:
     from meddialog.training.run import Trained
@@ -120,9 +122,26 @@ def main() -> None:
         history_rename={"completions/mean_length": "completion_length", "clip_ratio/region_mean": "clip_ratio",
                         **{f"rewards/{n}/mean": f"reward_{n}" for n in names}})
     if summary is not None:
+        write_reward_series(METRICS_DIR / "grpo_history.csv", METRICS_DIR / "grpo_rewards.csv")
         log.info("mean reward %.3f (first quarter) -> %.3f (last quarter) in %d steps (%.0f s); adapter in %s",
                  summary["reward_first_quarter"], summary["reward_last_quarter"], summary["steps"],
                  summary["train_runtime_s"], GRPO_DIR)
+
+
+def write_reward_series(history: Path, out: Path) -> None:
+    """The reward chart's data: one row per step and reward (the total and each weighted component),
+    long rather than wide, so a component added to the registry reaches `dvc plots` with no edit of
+    dvc.yaml (DVC plots name their y columns)."""
+    from meddialog.training.rewards import COMPONENTS
+
+    with history.open(newline="") as f:
+        steps = list(csv.DictReader(f))
+    series = {"total": "reward", **{name: f"reward_{name}" for name in COMPONENTS}}
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("step", "component", "reward"))
+        writer.writerows((row["step"], name, row[column]) for row in steps for name, column in series.items()
+                         if row[column] != "")  # blank: the component is off (weight 0)
 
 
 def zero_spread_warning():

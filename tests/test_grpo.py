@@ -28,6 +28,9 @@ def test_two_step_grpo_run_writes_adapter_and_history(tiny_project, monkeypatch)
     for column in ("reward", "reward_std", "kl", "completion_length", "frac_reward_zero_std", "reward_similarity",
                    "reward_embedding", "reward_length", "reward_coherence", "reward_quality", "reward_safety"):
         assert rows[-1][column] != "", column
+    with (tiny_project / "metrics" / "grpo_rewards.csv").open() as f:
+        chart = {(r["step"], r["component"]): r["reward"] for r in csv.DictReader(f)}
+    assert chart[("2", "total")] == rows[-1]["reward"] and chart[("2", "embedding")] == rows[-1]["reward_embedding"]
     summary = json.loads((tiny_project / "metrics" / "grpo_train.json").read_text())
     assert summary["steps"] == 2 and "reward_last_quarter" in summary and "reward_similarity" in summary
     assert summary["resumed_from_step"] == 0 and summary["seconds_per_step"] == pytest.approx(

@@ -59,9 +59,10 @@ def test_show_draws_the_three_charts_with_axis_titles_and_no_remote_script(plots
     for name in CHARTS:
         x_title, y_title = axis_titles(charts[name])
         assert x_title and y_title and charts[name]["title"]["text"], name
-    series = {name: {row["field"] for row in charts[name]["data"]["values"]} for name in CHARTS[:2]}
-    assert series["sft_loss"] == {"loss", "eval_loss"}
-    assert {"reward", "reward_similarity", "reward_safety"} <= series["grpo_rewards"]
+    assert {row["field"] for row in charts["sft_loss"]["data"]["values"]} == {"loss", "eval_loss"}
+    components = {row["component"] for row in charts["grpo_rewards"]["data"]["values"]}
+    assert components == {"total", "similarity", "length", "coherence", "quality", "safety"}  # the weighted ones
+    assert charts["grpo_rewards"]["encoding"]["color"]["field"] == "component"
     bars = {(row["model"], row["metric"]) for row in charts["model_comparison"]["data"]["values"]}
     assert bars == {(m, k) for m in ("baseline", "sft", "grpo") for k in ("ROUGE-L", "BLEU-4", "similarity")}
 
@@ -91,13 +92,21 @@ def test_committed_bar_chart_data_matches_the_committed_scores():
     assert comparison_plot_csv(results).splitlines()[:2] == ["model,metric,value", "baseline,ROUGE-L,0.127469"]
 
 
-def test_grpo_reward_chart_plots_every_registered_reward_component():
-    # dvc.yaml lists plot columns by hand: a component added to the registry needs its column there too.
-    import yaml
+def test_reward_chart_data_is_the_history_in_long_form(tmp_path):
+    """Every non-blank reward cell of the history is one row of the chart's data, under its component's name
+    (the total as `total`), and a component the registry does not know is no column to look for."""
+    import csv
 
-    from meddialog.training.rewards import REWARDS
+    from meddialog.training.rewards import COMPONENTS
+    from stages.grpo import write_reward_series
 
-    plots = {name: spec for entry in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
-             for name, spec in entry.items()}
-    columns = plots["grpo_rewards"]["y"]["metrics/grpo_history.csv"]
-    assert columns == ["reward", *(f"reward_{name}" for name in REWARDS)], "dvc.yaml plots: grpo_rewards"
+    out = tmp_path / "rewards.csv"
+    write_reward_series(REPO / "metrics" / "grpo_history.csv", out)
+    with (REPO / "metrics" / "grpo_history.csv").open() as f:
+        history = list(csv.DictReader(f))
+    with out.open() as f:
+        series = list(csv.DictReader(f))
+    expected = [(row["step"], name, row[column]) for row in history
+                for name, column in [("total", "reward"), *((n, f"reward_{n}") for n in COMPONENTS)] if row[column]]
+    assert [(r["step"], r["component"], r["reward"]) for r in series] == expected and expected
+    assert (REPO / "metrics" / "grpo_rewards.csv").read_text() == out.read_text()  # the committed chart data

@@ -17,7 +17,7 @@ Each component maps (completion, reference, prompt) to a float in a documented r
 
 `REWARDS` is the registry: a new component is one function and one entry there, plus its weight
 in params.yaml's `grpo.rewards` (meddialog.params builds RewardParams from the registry's names and
-default weights) and its `reward_<name>` column in dvc.yaml's grpo_rewards plot (a test checks it).
+default weights). Its history column and its line in the reward chart follow from the registry.
 
 The total is the weighted sum (`grpo.rewards.*` weights). TRL gets one reward function per
 weighted component (`reward_functions`), so it logs each; verl gets `compute_score`
