@@ -33,6 +33,7 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], params: Gene
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     batches = [order[i:i + params.batch_size] for i in range(0, len(order), params.batch_size)]
     settings = generate_kwargs(tokenizer, model.generation_config, params)
+    stops = set(settings["eos_token_id"])
     answers: list[str] = [""] * len(prompts)
     model.eval()
     for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress):
@@ -40,10 +41,17 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], params: Gene
                                return_tensors="pt").to(model.device)
         with torch.inference_mode():
             output = model.generate(**inputs, **settings)
-        # a row that stopped early is filled with padding up to the longest, which decoding skips
-        for index, answer in zip(batch, output[:, inputs["input_ids"].shape[1]:]):
-            answers[index] = tokenizer.decode(answer, skip_special_tokens=True).strip()
+        for index, answer in zip(batch, output[:, inputs["input_ids"].shape[1]:].tolist()):
+            answers[index] = tokenizer.decode(until_stop(answer, stops), skip_special_tokens=True).strip()
     return answers
+
+
+def until_stop(token_ids: list[int], stops: set[int]) -> list[int]:
+    """The answer's tokens before its first stop id. `generate` keeps the stop token and pads a row that
+    stopped early up to the batch's longest; a stop id need not be a special token that decoding would
+    skip (a generation_config may list any id), so the answer is cut here."""
+    end = next((i for i, token in enumerate(token_ids) if token in stops), len(token_ids))
+    return token_ids[:end]
 
 
 def generate_kwargs(tokenizer, generation_config, params: GenerationParams) -> dict:
