@@ -1,5 +1,6 @@
 # The README's two quick-start commands: `make repro` and `make test`.
-# Both create the virtualenv on first use (Python 3.11, pinned requirements, the embedded model wheels).
+# Both create the virtualenv on first use (Python 3.11, pinned requirements, the embedded model wheels,
+# llama.cpp's GGUF converter from its hash-pinned sdist: requirements-gguf.txt).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,11 +9,15 @@ STAMP  := $(VENV)/.installed
 .PHONY: setup repro test
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-embedded.txt
+$(STAMP): requirements.txt requirements-embedded.txt requirements-gguf.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-embedded.txt
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: --require-hashes -r requirements-gguf.txt -d $(VENV)/downloads
+	tar -xzf $(VENV)/downloads/llama_cpp_python-0.3.36.tar.gz -C $(VENV) --strip-components=2 --wildcards \
+	    '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*' \
+	    '*/vendor/llama.cpp/LICENSE'
 	$(BIN)/python -m tools.plots_template
 	touch $@
 

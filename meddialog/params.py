@@ -271,6 +271,25 @@ class TrainParams:
         return self
 
 
+GgufType = Literal["f32", "f16", "bf16", "q8_0"]
+
+
+@section
+class ExportParams:
+    """The export stage (models/export: one merged model directory) and the gguf stage (models/gguf)."""
+
+    model: Literal["grpo", "sft", "base"] = "grpo"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    gguf_types: list[GgufType] = Field(default_factory=lambda: ["f32", "q8_0"])
+    gguf_check_prompts: Int = Field(8, ge=0, description="0 = no check")
+
+    @field_validator("gguf_types")
+    @classmethod
+    def _distinct(cls, types: list[str]) -> list[str]:
+        check(len(set(types)) == len(types), None, "lists a type twice", types)
+        return types
+
+
 @section
 class MlflowParams:
     experiment: NonEmptyStr = "meddialog"
@@ -358,6 +377,7 @@ class Params:
     mlflow: MlflowParams
     train: TrainParams = Field(default_factory=TrainParams)  # optional: without it, one process
     verl: VerlParams = Field(default_factory=VerlParams)  # optional: only the verl pipeline reads it
+    export: ExportParams = Field(default_factory=ExportParams)  # optional: the export and gguf stages
 
     # seed is checked after the sections, as before pydantic
     CHECK_ORDER: ClassVar = ("seed",)

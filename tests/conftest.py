@@ -73,6 +73,19 @@ def embedded_tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def embedded_base_dir(tmp_path_factory) -> Path:
+    """The embedded SmolLM2-135M-Instruct as a model directory, as the base_model stage writes it."""
+    from meddialog.modeling.loading import load_source_model, save_base
+    from meddialog.params import load_params
+
+    params = load_params(REPO / "params.yaml")
+    model, tokenizer = load_source_model(params.model, params.data)
+    out = tmp_path_factory.mktemp("embedded") / "base"
+    save_base(model, tokenizer, out, {"name": params.model.name})
+    return out
+
+
 def _tiny_model(out: Path, tokenizer_dir: Path, hidden: int) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

@@ -75,14 +75,9 @@ def merge_in_subprocess(base_dir: Path, adapters: tuple[Path, ...], dtype: str, 
 def merge_chain(base_dir: Path, adapters: tuple[Path, ...], dtype: str, out_dir: Path,
                 trust_remote_code: bool = False) -> None:
     """In this process, on the CPU: load `base_dir` in `dtype`, merge each adapter, save to `out_dir`."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True, dtype=getattr(torch, dtype),
-                                                 trust_remote_code=trust_remote_code)
-    for adapter in adapters:
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    model = merged_model(base_dir, adapters, dtype, trust_remote_code)
     partial = out_dir.with_name(out_dir.name + ".partial")  # renamed when complete: a kill leaves no half model
     shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -91,6 +86,19 @@ def merge_chain(base_dir: Path, adapters: tuple[Path, ...], dtype: str, out_dir:
     record = {"base_model": str(base_dir), "adapters": [str(a) for a in adapters], "dtype": dtype}
     (partial / COMPLETE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     partial.rename(out_dir)
+
+
+def merged_model(base_dir: Path, adapters: tuple[Path, ...], dtype: str, trust_remote_code: bool = False):
+    """`base_dir` loaded on the CPU in `dtype` (full precision: never 4-bit), each adapter merged in order."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True, dtype=getattr(torch, dtype),
+                                                 trust_remote_code=trust_remote_code)
+    for adapter in adapters:
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return model
 
 
 def _identity(path: Path) -> list:
