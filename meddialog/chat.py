@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -132,11 +134,40 @@ def generation_settings(args: argparse.Namespace, defaults: GenerationParams) ->
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    route_ctrl_c_to_this_thread()
+    session, context = _start(args)
+    _converse(session, args, context)
+
+
+def route_ctrl_c_to_this_thread() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt here, whatever thread the kernel hands SIGINT to.
+
+    A process-wide SIGINT goes to any thread that does not block it; torch's and the tokenizer's worker
+    threads would take it, and input() (in this thread) would wait on forever. So SIGINT is blocked in
+    this thread, and every thread started from now on inherits that mask; one watcher thread accepts it
+    with sigwait and interrupts this thread with SIGUSR1, whose handler raises KeyboardInterrupt (also
+    in the middle of a generation, between two tokens)."""
+    this = threading.get_ident()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGUSR1, signal.default_int_handler)
+
+    def forward() -> None:
+        while True:
+            signal.sigwait({signal.SIGINT})
+            signal.pthread_kill(this, signal.SIGUSR1)
+
+    threading.Thread(target=forward, name="ctrl-c", daemon=True).start()
+
+
+def _start(args: argparse.Namespace) -> tuple[ChatSession, int]:
+    """Params, checked, then the model and the session."""
     import torch
 
     from meddialog.modeling.loading import load_model, model_chain
     from meddialog.params import load_params
 
+    if args.prompt is not None and not args.prompt.strip():
+        raise UserError("--prompt is empty")
     params = load_params(args.params)
     generation = generation_settings(args, params.generation)
     if args.context_tokens is not None and args.context_tokens <= generation.max_new_tokens:
@@ -145,16 +176,19 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(params.seed)
     model, tokenizer = load_model(base, params.model, adapters)
     context = args.context_tokens or context_size(model, tokenizer)
-    session = ChatSession(model, tokenizer, params.data.system_prompt, generation, context)
+    return ChatSession(model, tokenizer, params.data.system_prompt, generation, context), context
+
+
+def _converse(session: ChatSession, args: argparse.Namespace, context: int) -> None:
     write = _writer(sys.stdout)
     trimmed = _trim_notice
 
     if args.prompt is not None:
-        if not args.prompt.strip():
-            raise UserError("--prompt is empty")
         session.reply(args.prompt, on_text=write, on_trim=trimmed)
         write("\n")
         return
+    if sys.stdin.isatty():
+        import readline  # noqa: F401  line editing and ↑ history in input(), whose prompt then goes to stdout
     print(BANNER.format(path=args.model_path, context=context), DISCLAIMER, sep="\n", flush=True)
     while True:
         try:

@@ -36,7 +36,8 @@ def main() -> None:
     shutil.rmtree(GGUF_DIR, ignore_errors=True)
     GGUF_DIR.mkdir(parents=True)
     files = {t: convert(EXPORT_DIR, GGUF_DIR / gguf_name(EXPORT_DIR, t), t).name for t in types}
-    summary: dict[str, float] = {f"{t}.size_mb": round((GGUF_DIR / f).stat().st_size / 1e6, 1) for t, f in files.items()}
+    summary: dict[str, float] = {"files": len(files),
+                                 **{f"{t}.size_mb": round((GGUF_DIR / f).stat().st_size / 1e6, 1) for t, f in files.items()}}
     (GGUF_DIR / "README.md").write_text(readme(files), encoding="utf-8")
     if files:
         from transformers import AutoTokenizer, GenerationConfig

@@ -143,15 +143,14 @@ def _spawn_in_pty(project, *args):
     return pid, fd
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("ending", ["\x04", "\x03"], ids=["ctrl-d", "ctrl-c"])
-def test_terminal_session(project, embedded_base_dir, ending):
-    write_params(project, **{"generation.max_new_tokens": 24})
-    pid, fd = _spawn_in_pty(project, "--model-path", str(embedded_base_dir))
+def test_terminal_session(project, tiny_model_dir, ending):
+    write_params(project, **{"generation.max_new_tokens": 6})
+    pid, fd = _spawn_in_pty(project, "--model-path", str(tiny_model_dir))
     _read_until(fd, "you> ")
     os.write(fd, b"What is a fever?\r")
     answer = _read_until(fd, "you> ")
-    assert "assistant> " in answer and len(answer.split("assistant> ")[1].split()) > 3
+    assert "assistant> " in answer and answer.split("assistant> ")[1].replace("you> ", "").strip()
     os.write(fd, b"/reset\r")
     assert "(new dialogue)" in _read_until(fd, "you> ")
     os.write(fd, ending.encode())
@@ -169,3 +168,17 @@ def _exit_code(pid: int, timeout: float) -> int:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise AssertionError(f"the chat did not exit within {timeout} s")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_an_answer_being_generated(project, embedded_base_dir):
+    write_params(project, **{"generation.max_new_tokens": 400})
+    pid, fd = _spawn_in_pty(project, "--model-path", str(embedded_base_dir))
+    _read_until(fd, "you> ")
+    os.write(fd, b"Explain in great detail how the kidneys filter blood, step by step.\r")
+    streamed = _read_until(fd, "assistant> ")
+    streamed += os.read(fd, 4096).decode(errors="replace")  # the first words have arrived: it is generating
+    os.write(fd, b"\x03")
+    assert "(interrupted)" in _read_until(fd, "(interrupted)")
+    assert _exit_code(pid, timeout=60) == 0
+    os.close(fd)

@@ -23,6 +23,8 @@ def test_dag_shows_the_whole_pipeline_in_order(scratch_repo):
     assert dag.returncode == 0
     names = dict(re.findall(r'(node\d+)\["([^"]+)"\]', dag.stdout))
     edges = {(names[a], names[b]) for a, b in re.findall(r"(node\d+)-->(node\d+)", dag.stdout)}
-    assert set(names.values()) == {"download", "process", "base_model", "baseline", "sft", "grpo", "eval"}
+    assert set(names.values()) == {"download", "process", "base_model", "baseline", "sft", "grpo", "eval", "export",
+                                   "gguf"}
     assert {("download", "process"), ("process", "baseline"), ("base_model", "baseline"), ("base_model", "sft"),
-            ("process", "sft"), ("sft", "grpo"), ("grpo", "eval"), ("baseline", "eval")} <= edges
+            ("process", "sft"), ("sft", "grpo"), ("grpo", "eval"), ("baseline", "eval"), ("eval", "export"),
+            ("grpo", "export"), ("export", "gguf")} <= edges

@@ -37,19 +37,20 @@ def lab(tiny_run):
 def test_status_names_exactly_the_stale_stages_and_a_noop_repro_runs_nothing(lab):
     assert stale(lab) == set()
     # status names the stages whose own inputs changed (their results then make the next ones stale)
+    # (export too: its model card states the training params)
     set_params(lab, **{"grpo.beta": 0.1})
-    assert stale(lab) == {"grpo"}
+    assert stale(lab) == {"grpo", "export"}
     set_params(lab, **{"sft.lr": 1e-3})
-    assert stale(lab) == {"sft", "grpo"}
+    assert stale(lab) == {"sft", "grpo", "export"}
     ok(sh("git", "checkout", "params.yaml", cwd=lab))
     assert stale(lab) == set()
     noop = ok(sh("dvc", "repro", cwd=lab)).stdout
     assert ran(noop) == set() and "Data and pipelines are up to date" in noop
 
 
-def test_exp_run_reruns_only_the_training_stages_and_metrics_diff_has_both_sides(lab):
+def test_exp_run_reruns_only_the_stages_after_training_and_metrics_diff_has_both_sides(lab):
     run = ok(sh("dvc", "exp", "run", "-n", "lr-high", "-S", "sft.lr=1e-3", cwd=lab))
-    assert ran(run.stdout) == {"sft", "grpo", "eval"}
+    assert ran(run.stdout) == {"sft", "grpo", "eval", "export", "gguf"}
     # a commit against the workspace (which now holds the experiment's results)
     diff = json.loads(ok(sh("dvc", "metrics", "diff", "HEAD", "--all", "--json", cwd=lab)).stdout)
     for model in ("baseline", "sft", "grpo"):

@@ -236,3 +236,11 @@ def test_embedded_export_stops_at_the_end_of_the_turn_with_plain_generate(projec
         lengths.append(len(output))
         assert plain_tokenizer.decode(output, skip_special_tokens=True).strip() == answer
     assert min(lengths) < 20 and max(lengths) == 40, lengths  # stopped at the end of the turn, or at the limit
+
+
+def test_no_gguf_types_writes_only_the_readme(tiny_run, tmp_path):
+    lab = clone_with_cache(tiny_run, "no-gguf")
+    ok(sh("dvc", "exp", "run", "-S", "export.gguf_types=[]", cwd=lab))
+    assert [p.name for p in (lab / "models" / "gguf").iterdir()] == ["README.md"]
+    assert json.loads((lab / "metrics" / "gguf.json").read_text()) == {"files": 0}
+    ok(sh("python", "-m", "tools.check_metrics", cwd=lab))

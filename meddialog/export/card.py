@@ -45,8 +45,8 @@ def model_card(params: Params, lineage: dict, base: dict, metrics_dir: Path = ME
     lines += _data(params, metrics_dir)
     lines += _training(params, model, metrics_dir)
     lines += _evaluation(metrics_dir)
-    lines += _usage(params)
-    lines += _reproduce(params)
+    lines += _usage()
+    lines += _reproduce()
     lines += _limits()
     return "\n".join(lines) + "\n"
 
@@ -125,7 +125,7 @@ def _evaluation(metrics_dir: Path) -> list[str]:
     return lines + [""]
 
 
-def _usage(params: Params) -> list[str]:
+def _usage() -> list[str]:
     return ["## Use", "", "```python",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
@@ -141,7 +141,7 @@ def _usage(params: Params) -> list[str]:
             ""]
 
 
-def _reproduce(params: Params) -> list[str]:
+def _reproduce() -> list[str]:
     return ["## Reproduce", "", "```bash", reproduce_command(), "```", "",
             "On the CPU (float32) the rerun gives the same weights, metrics and answers; on GPUs, numbers move "
             "within floating-point noise.", ""]
