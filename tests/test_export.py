@@ -238,9 +238,13 @@ def test_embedded_export_stops_at_the_end_of_the_turn_with_plain_generate(projec
     assert min(lengths) < 20 and max(lengths) == 40, lengths  # stopped at the end of the turn, or at the limit
 
 
-def test_no_gguf_types_writes_only_the_readme(tiny_run, tmp_path):
-    lab = clone_with_cache(tiny_run, "no-gguf")
-    ok(sh("dvc", "exp", "run", "-S", "export.gguf_types=[]", cwd=lab))
+def test_bfloat16_export_without_gguf(tiny_run):
+    lab = clone_with_cache(tiny_run, "bf16-no-gguf")
+    ok(sh("dvc", "exp", "run", "-S", "export.dtype=bfloat16", "-S", "export.gguf_types=[]", cwd=lab))
+    config = json.loads((lab / "models" / "export" / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
+    summary = json.loads((lab / "metrics" / "export.json").read_text())
+    assert summary["parity_expected"] == 0 and summary["parity_compared"] == 4  # compared, not expected identical
     assert [p.name for p in (lab / "models" / "gguf").iterdir()] == ["README.md"]
     assert json.loads((lab / "metrics" / "gguf.json").read_text()) == {"files": 0}
     ok(sh("python", "-m", "tools.check_metrics", cwd=lab))
