@@ -54,7 +54,7 @@ class ChatSession:
         if dropped:
             on_trim(dropped)
         settings = generate_kwargs(self.tokenizer, self.model.generation_config, self.generation)
-        streamer = _Streamer(self.tokenizer, on_text)
+        streamer = _streamer(self.tokenizer, on_text)
         with torch.inference_mode():
             output = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                          streamer=streamer, **settings)
@@ -82,18 +82,16 @@ class ChatSession:
             dropped += cut
 
 
-class _Streamer:
-    """transformers' TextStreamer, handing the decoded text to a callback instead of printing it."""
+def _streamer(tokenizer, on_text: Callable[[str], None]):
+    """transformers' TextStreamer, handing the decoded text to `on_text` instead of printing it."""
+    from transformers import TextStreamer
 
-    def __new__(cls, tokenizer, on_text: Callable[[str], None]):
-        from transformers import TextStreamer
+    class Streamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                on_text(text)
 
-        class Streamer(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if text:
-                    on_text(text)
-
-        return Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    return Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 def context_size(model, tokenizer) -> int:
@@ -135,8 +133,7 @@ def generation_settings(args: argparse.Namespace, defaults: GenerationParams) ->
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     route_ctrl_c_to_this_thread()
-    session, context = _start(args)
-    _converse(session, args, context)
+    _converse(_start(args), args)
 
 
 def route_ctrl_c_to_this_thread() -> None:
@@ -159,7 +156,7 @@ def route_ctrl_c_to_this_thread() -> None:
     threading.Thread(target=forward, name="ctrl-c", daemon=True).start()
 
 
-def _start(args: argparse.Namespace) -> tuple[ChatSession, int]:
+def _start(args: argparse.Namespace) -> ChatSession:
     """Params, checked, then the model and the session."""
     import torch
 
@@ -176,10 +173,10 @@ def _start(args: argparse.Namespace) -> tuple[ChatSession, int]:
     torch.manual_seed(params.seed)
     model, tokenizer = load_model(base, params.model, adapters)
     context = args.context_tokens or context_size(model, tokenizer)
-    return ChatSession(model, tokenizer, params.data.system_prompt, generation, context), context
+    return ChatSession(model, tokenizer, params.data.system_prompt, generation, context)
 
 
-def _converse(session: ChatSession, args: argparse.Namespace, context: int) -> None:
+def _converse(session: ChatSession, args: argparse.Namespace) -> None:
     write = _writer(sys.stdout)
     trimmed = _trim_notice
 
@@ -189,7 +186,7 @@ def _converse(session: ChatSession, args: argparse.Namespace, context: int) -> N
         return
     if sys.stdin.isatty():
         import readline  # noqa: F401  line editing and ↑ history in input(), whose prompt then goes to stdout
-    print(BANNER.format(path=args.model_path, context=context), DISCLAIMER, sep="\n", flush=True)
+    print(BANNER.format(path=args.model_path, context=session.context_tokens), DISCLAIMER, sep="\n", flush=True)
     while True:
         try:
             line = input("you> ").strip()

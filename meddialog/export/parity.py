@@ -3,7 +3,7 @@
     python -m meddialog.export.parity --model models/export --predictions metrics/grpo_predictions.jsonl
     python -m meddialog.export.parity --model models/gguf --gguf-file export-f32.gguf --predictions ...
 
-Nothing of this repository's model code runs here: the model and tokenizer come from
+Nothing of this repository's model code runs here (only its prompt selection, `prompt_messages`): the model and tokenizer come from
 `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` (a model directory, or a GGUF file through
 transformers' `gguf_file=` loader), and answers from plain `model.generate`, with no stop ids, no
 sampling settings and no length given: the export's generation_config.json must supply them all. The
@@ -16,6 +16,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from meddialog import cli
+from meddialog.errors import UserError
+from meddialog.modeling.generation import prompt_messages
 
 PROCESSED = Path("data/processed")
 EVALUATED_AS = {"grpo": "grpo", "sft": "sft", "base": "baseline"}  # export.model → its evaluation's file stem
@@ -58,14 +62,9 @@ def evaluated_prompts(predictions_file: Path, processed_dir: Path = PROCESSED) -
             conversations[record["id"]] = record["messages"]
     missing = [row["id"] for row in rows if row["id"] not in conversations]
     if missing:
-        raise SystemExit(f"error: {len(missing)} evaluated conversations (first: {missing[0]}) are not in "
-                         f"{processed_dir}/*/test.jsonl: run `dvc repro process` or `dvc pull`")
-    prompts = []
-    for row in rows:
-        messages = conversations[row["id"]]
-        last_answer = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        prompts.append(messages[:last_answer])
-    return rows, prompts
+        raise UserError(f"{len(missing)} evaluated conversations (first: {missing[0]}) are not in "
+                        f"{processed_dir}/*/test.jsonl: run `dvc repro process` or `dvc pull`")
+    return rows, [prompt_messages(conversations[row["id"]]) for row in rows]
 
 
 def compare(rows: list[dict], answers: list[str]) -> dict:
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for path in (args.model, args.predictions):
         if not path.exists():
-            raise SystemExit(f"error: {path} does not exist (run `dvc repro export` or `dvc pull`)")
+            raise UserError(f"{path} does not exist (run `dvc repro export` or `dvc pull`)")
     rows, prompts = evaluated_prompts(args.predictions, args.processed)
     result = compare(rows, plain_answers(args.model, prompts, args.batch_size, args.gguf_file))
     print(f"{result['identical']} of {result['compared']} answers identical to {args.predictions}")
@@ -94,4 +93,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
