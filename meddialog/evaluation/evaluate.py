@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 from meddialog.data.conversations import Dropped, to_turns
 from meddialog.data.dataset import read_split
@@ -67,18 +68,40 @@ def _conversation(path: Path, number: int, line: str, system_prompt: str) -> dic
             "messages": [{"role": "system", "content": system_prompt}] + turns}
 
 
-def evaluate(model, tokenizer, samples: list[dict], params: Params, embedder: Embedder) -> tuple[dict, list[dict], float]:
-    """Generate answers for `samples` and score them; returns (metrics, prediction rows, seconds
-    spent generating). The timing stays out of the metrics, which are deterministic on CPU."""
+Answerer = Callable[[list[list[dict[str, str]]]], list[str]]
+
+
+def evaluate(answer: Answerer, samples: list[dict], embedder: Embedder) -> tuple[dict, list[dict], float]:
+    """Answer `samples` and score the answers; returns (metrics, prediction rows, seconds spent
+    generating). The timing stays out of the metrics, which are deterministic on CPU."""
     prompts = [prompt_messages(s["messages"]) for s in samples]
     references = [s["messages"][-1]["content"] for s in samples]  # conversations end with the answer
     started = time.perf_counter()
-    predictions = generate(model, tokenizer, prompts, params.generation)
+    predictions = answer(prompts)
     seconds = time.perf_counter() - started
     metrics = score(predictions, references, embedder)
     rows = [{"id": s["id"], "question": p[-1]["content"], "reference": r, "prediction": pred}
             for s, p, r, pred in zip(samples, prompts, references, predictions)]
     return metrics, rows, seconds
+
+
+def answerer(base: Path, adapters: tuple[Path, ...], precision, params: Params, name: str) -> tuple[Answerer, dict]:
+    """How `generation.backend` answers prompts with the chain, and what provenance records of it. The
+    transformers model is loaded here, once; a vLLM server is started when the answers are asked for."""
+    if params.generation.backend == "vllm":
+        from transformers import AutoTokenizer, GenerationConfig
+
+        from meddialog.vllm.backend import served_model, usable_vllm, vllm_answers
+
+        versions = usable_vllm(params)  # a broken or missing vLLM stops here, before any merge
+        served = served_model(base, adapters, precision, params)
+        tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=params.model.trust_remote_code)
+        config = GenerationConfig.from_pretrained(base) if (Path(base) / "generation_config.json").is_file() else None
+        return (lambda prompts: vllm_answers(served, tokenizer, config, prompts, params, name)), \
+            {"generation_backend": "vllm", "vllm": versions["vllm"], "vllm_transformers": versions["transformers"],
+             "served_model_dir": str(served.model_dir), "vllm_quantization": served.quantization or "none"}
+    model, tokenizer = load_model(base, params.model, adapters)
+    return (lambda prompts: generate(model, tokenizer, prompts, params.generation)), {"generation_backend": "transformers"}
 
 
 def write_results(name: str, metrics: dict, rows: list[dict], out_dir: Path = METRICS_DIR) -> tuple[Path, Path]:
@@ -95,17 +118,17 @@ def evaluate_model(stage: str, name: str, model_path: Path, samples: list[dict],
     """Load `model_path` (model or adapter chain), evaluate, write results, log an MLflow run."""
     base, adapters = model_chain(model_path)
     precision = chain_precision(params.model, adapters)
-    model, tokenizer = load_model(base, params.model, adapters)
+    answer, details = answerer(base, adapters, precision, params, name)
     with start_run(stage, params.mlflow.experiment, run_name=f"{stage}:{name}") as run:
         run.log_params({"model_path": str(model_path), "num_samples": len(samples),
                         **flatten("generation", params.generation), "seed": params.seed})
-        metrics, rows, seconds = evaluate(model, tokenizer, samples, params, embedder)
+        metrics, rows, seconds = evaluate(answer, samples, embedder)
         metrics_file, predictions_file = write_results(name, metrics, rows, out_dir)
         write_provenance(name, provenance(precision, model_path=str(model_path),
-                                          chain=[str(p) for p in (base, *adapters)]), run, out_dir / "provenance")
+                                          chain=[str(p) for p in (base, *adapters)], **details), run, out_dir / "provenance")
         run.log_metrics({**metrics, "generation_seconds": seconds})
         run.log_artifact(predictions_file)
-    log.info("%s: ROUGE-L %.4f, BLEU %.4f, similarity %.4f on %d conversations (%.1fs generating, %s)",
+    log.info("%s: ROUGE-L %.4f, BLEU %.4f, similarity %.4f on %d conversations (%.1fs generating with %s, %s)",
              name, metrics["rougeL"], metrics["bleu"], metrics["similarity"], len(samples), seconds,
-             precision.describe())
+             params.generation.backend, precision.describe())
     return metrics
