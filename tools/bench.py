@@ -3,6 +3,7 @@
     python -m tools.bench all [--repeats 3] [--skip-full-repro]     # `make bench`: every part below
     python -m tools.bench matmul [--repeats 3]
     python -m tools.bench generation [--prompts 16] [--batch-size B] [--max-new-tokens N] [--repeats 3]
+    python -m tools.bench engines [--prompts 16] [--batch-size B] [--max-new-tokens N] [--repeats 3]
     python -m tools.bench sft [--sft-steps 12] [--repeats 3]
     python -m tools.bench grpo [--grpo-steps 5] [--repeats 3]
     python -m tools.bench pipeline [--full-repro-runs 1] [--noop-runs 5] [--skip-full-repro]
@@ -19,6 +20,11 @@ on length-sorted batches) against the tutorial's way, one prompt at a time with 
 Python loop; same test prompts, model (models/base) and max_new_tokens, batch size from params.yaml's
 generation recipe, greedy. Each repeat runs both once, so each ratio pairs runs made close together;
 the greedy texts must be identical, or the part fails.
+
+engines: the same greedy prompts (models/base, float32 on the CPU) through the pipeline's generation,
+plain batched `model.generate` in the prompts' own order, and a vLLM server (.venv-vllm, started once,
+its start timed apart; generation.batch_size requests in flight): tokens/s, and how many answers are
+identical to the pipeline's (the fewest over the repeats).
 
 sft / grpo: the real stage (`python -m stages.sft` / `stages.grpo`) with the default recipe of
 params.yaml, run for a few steps in a throw-away workspace (params.yaml copied with fewer steps,
@@ -59,6 +65,7 @@ log = logging.getLogger("bench")
 OUT_FILE = Path("metrics/bench.json")
 # What each part reads from the pipeline, and the stage that makes it
 INPUTS = {"generation": ((BASE_DIR, "base_model"), (PROCESSED_DIR, "process")),
+          "engines": ((BASE_DIR, "base_model"), (PROCESSED_DIR, "process")),
           "sft": ((BASE_DIR, "base_model"), (PROCESSED_DIR, "process")),
           "grpo": ((BASE_DIR, "base_model"), (PROCESSED_DIR, "process"), (SFT_DIR / "adapter_config.json", "sft"))}
 # 2048: 2·2048³ = 17 GFLOP per call on 3 × 16 MB matrices, i.e. ~340 FLOP per byte moved, far above what
@@ -186,6 +193,87 @@ def bench_generation(args: argparse.Namespace) -> dict[str, float]:
             ("speedup", ratios, "x"))
     for label, values, unit in rows:
         print(f"  {label:<42}{statistics.median(values):8.2f}{unit:<6} [{min(values):.2f} .. {max(values):.2f}]")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- engines
+
+def plain_batched(model, tokenizer, prompts, gen) -> list[str]:
+    """`model.generate` on the prompts in their own order, `batch_size` at a time, left-padded: the batched
+    loop people write first (no length sorting), with the pipeline's decoding settings."""
+    import torch
+
+    from meddialog.modeling.generation import generate_kwargs, stop_token_ids, until_stop
+
+    settings = generate_kwargs(tokenizer, model.generation_config, gen)
+    stops = set(stop_token_ids(tokenizer, model.generation_config))
+    answers = []
+    for start in range(0, len(prompts), gen.batch_size):
+        inputs = tokenizer.apply_chat_template(prompts[start:start + gen.batch_size], add_generation_prompt=True,
+                                               padding=True, return_tensors="pt", return_dict=True)
+        with torch.inference_mode():
+            output = model.generate(**inputs, **settings)
+        answers += [tokenizer.decode(until_stop(row, stops), skip_special_tokens=True).strip()
+                    for row in output[:, inputs["input_ids"].shape[1]:].tolist()]
+    return answers
+
+
+def bench_engines(args: argparse.Namespace) -> dict[str, float]:
+    """The same greedy prompts through the pipeline's generation, plain batched `model.generate` and a vLLM
+    server (started once; its start is timed apart), each repeat running all three; tokens/s and how many
+    answers are identical to the pipeline's."""
+    from meddialog.data.subsets import seeded_prefix
+    from meddialog.evaluation.evaluate import test_conversations
+    from meddialog.modeling.generation import generate, prompt_messages, stop_token_ids
+    from meddialog.modeling.loading import load_model
+    from meddialog.modeling.precision import resolve
+    from meddialog.params import load_params
+    from meddialog.vllm.backend import usable_vllm
+    from meddialog.vllm.client import chat_answers
+    from meddialog.vllm.server import ServerSpec, VllmServer
+
+    params = load_params()
+    usable_vllm(params)
+    gen = dataclasses.replace(params.generation, batch_size=args.batch_size or params.generation.batch_size,
+                              max_new_tokens=args.max_new_tokens or params.generation.max_new_tokens, do_sample=False)
+    model, tokenizer = load_model(BASE_DIR, params.model)
+    samples = seeded_prefix(test_conversations(list(params.data.sources)), args.prompts, params.seed)
+    prompts = [prompt_messages(s["messages"]) for s in samples]
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    spec = ServerSpec(BASE_DIR, params.vllm.served_model_name, resolve(params.model).dtype)
+    started = time.perf_counter()
+    with VllmServer(params.vllm, spec, log_file=Path("scratch/vllm/bench.log")) as server:
+        startup = time.perf_counter() - started
+        variants = {"pipeline": lambda g: generate(model, tokenizer, prompts, g, progress=False),
+                    "generate_batched": lambda g: plain_batched(model, tokenizer, prompts, g),
+                    "vllm": lambda g: chat_answers(server.base_url, spec.served_model_name, prompts, g, stops,
+                                                   params.seed, params.vllm.request_timeout_s)}
+        for run in variants.values():  # warm-up
+            run(dataclasses.replace(gen, max_new_tokens=2))
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        identical: dict[str, list[int]] = {name: [] for name in variants}
+        names = list(variants)
+        for repeat in range(args.repeats):
+            texts = {}
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                begun = time.perf_counter()
+                texts[name] = variants[name](gen)
+                seconds = time.perf_counter() - begun
+                rates[name].append(sum(len(tokenizer(a, add_special_tokens=False)["input_ids"])
+                                       for a in texts[name]) / seconds)
+            for name in names:
+                identical[name].append(sum(a == b for a, b in zip(texts[name], texts["pipeline"])))
+            log.info("repeat %d: %s", repeat + 1, ", ".join(f"{n} {r[-1]:.1f} tok/s" for n, r in rates.items()))
+    results = {"engines.prompts": float(len(prompts)), "engines.batch_size": float(gen.batch_size),
+               "engines.max_new_tokens": float(gen.max_new_tokens), "engines.vllm_startup_s": startup,
+               **{k: v for name in names for k, v in summary(f"engines.{name}_tokens_per_s", rates[name]).items()},
+               **{f"engines.{name}_identical": float(min(identical[name])) for name in names if name != "pipeline"}}
+    print(f"\nengines on {BASE_DIR}: {len(prompts)} prompts, {gen.batch_size} at a time, {gen.max_new_tokens} new "
+          f"tokens, greedy, {args.repeats} repeats; vLLM started in {startup:.0f} s")
+    for name in names:
+        same = "" if name == "pipeline" else f"   identical to pipeline: {min(identical[name])}/{len(prompts)}"
+        print(f"  {name:<20}{statistics.median(rates[name]):8.2f} tok/s [{min(rates[name]):.2f} .. "
+              f"{max(rates[name]):.2f}]{same}")
     return results
 
 
@@ -343,12 +431,13 @@ def bench_pipeline(args: argparse.Namespace) -> dict[str, float]:
 PARTS: dict[str, Callable[[argparse.Namespace, dict[str, float]], dict[str, float]]] = {
     "matmul": lambda args, _: bench_matmul(args),
     "generation": lambda args, _: bench_generation(args),
+    "engines": lambda args, _: bench_engines(args),
     "sft": lambda args, so_far: bench_sft(args, so_far["matmul.gflops"]),
     "grpo": lambda args, _: bench_grpo(args),
     "pipeline": lambda args, _: bench_pipeline(args),
 }
 # sft's MFU is a fraction of the ceiling measured in the same run, so sft alone measures matmul too
-SUBCOMMANDS = {"matmul": ("matmul",), "generation": ("generation",), "sft": ("matmul", "sft"), "grpo": ("grpo",),
+SUBCOMMANDS = {"matmul": ("matmul",), "generation": ("generation",), "engines": ("engines",), "sft": ("matmul", "sft"), "grpo": ("grpo",),
                "pipeline": ("pipeline",), "all": tuple(PARTS)}
 
 
@@ -367,6 +456,7 @@ def parser() -> argparse.ArgumentParser:
     options["generation"].add_argument("--prompts", type=positive, default=16)
     options["generation"].add_argument("--batch-size", type=positive, help="default: generation.batch_size")
     options["generation"].add_argument("--max-new-tokens", type=positive, help="default: generation.max_new_tokens")
+    options["engines"] = options["generation"]  # the same prompts and lengths
     options["sft"].add_argument("--sft-steps", type=positive, default=12, help="optimizer steps per sft run")
     options["grpo"].add_argument("--grpo-steps", type=positive, default=5, help="optimizer steps per grpo run")
     options["pipeline"].add_argument("--full-repro-runs", type=positive, default=1,
@@ -375,12 +465,13 @@ def parser() -> argparse.ArgumentParser:
     options["pipeline"].add_argument("--skip-full-repro", action="store_true",
                                      help="time only the no-op, in this (up-to-date) repository")
     helps = {"matmul": "fp32 matmul ceiling (GFLOP/s)", "generation": "batched generation vs the tutorial's loop",
+             "engines": "pipeline generation vs plain batched generate vs vLLM",
              "sft": "sft stage: tokens/s, FLOP/s, MFU, memory", "grpo": "grpo stage: s/step, generated tokens/s",
              "pipeline": "`dvc repro` from scratch and no-op", "all": "every part, in this order"}
     top = argparse.ArgumentParser(prog="python -m tools.bench", description="benchmarks (see module docstring)")
     sub = top.add_subparsers(dest="what", required=True)
     for name, parts in SUBCOMMANDS.items():
-        sub.add_parser(name, help=helps[name], parents=[common, *(options[p] for p in parts)])
+        sub.add_parser(name, help=helps[name], parents=[common, *dict.fromkeys(options[p] for p in parts)])
     return top
 
 

@@ -8,7 +8,8 @@
 directory written by this pipeline (models/sft, models/grpo: its lineage.json names the base and
 the adapters below it). --test-data holds processed records (`{"id", "messages"}`) or raw records
 in any format the process stage accepts, as .jsonl or a .json list. Generation settings and the
-sample seed come from params.yaml; --batch-size and --max-new-tokens override them.
+sample seed come from params.yaml (generation.backend: transformers, or a vLLM server started for the
+model, docs/vllm.md); --batch-size and --max-new-tokens override them.
 Writes <out>.json (metrics) and <out>_predictions.jsonl, and logs an MLflow run.
 """
 from __future__ import annotations
