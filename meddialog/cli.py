@@ -22,6 +22,8 @@ def setup_logging() -> None:
     # bitsandbytes announces at import that an optional faster CPU 4-bit kernel package (`kernels`) is
     # missing; its own CPU NF4 code runs without it, so that warning is noise in every stage's log.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # httpx logs every request at INFO: one line per prompt when the vllm backend decodes
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def run(main: Callable[[], None]) -> None:
