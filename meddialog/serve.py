@@ -16,6 +16,8 @@ import argparse
 import json
 import logging
 import os
+import signal
+import sys
 from pathlib import Path
 
 from meddialog import cli
@@ -60,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("binding %s without VLLM_API_KEY: anyone who can reach this port can use the model", host)
     spec = ServerSpec(args.model_path, engine.served_model_name, model_dtype(args.model_path), host=host, port=port)
     server = VllmServer(engine, spec, log_file=LOG_FILE)
+    # `kill`, systemd and docker stop with SIGTERM, whose default would end this process alone and leave
+    # vLLM's process group running: make it an exit, so the `finally` below stops the server
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     server.start()
     try:
         print(f"serving {args.model_path} as '{spec.served_model_name}' at {server.base_url}/v1 "

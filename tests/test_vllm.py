@@ -6,6 +6,7 @@ The slow tests start real servers from .venv-vllm (`make setup-vllm`; `make test
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -214,3 +215,43 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+@pytest.mark.slow
+def test_make_serve_answers_and_sigterm_stops_everything(usable_vllm, embedded_base_dir):
+    """`python -m meddialog.serve` (what `make serve` runs) on a free port: it answers, and `kill` (SIGTERM,
+    what systemd and docker send) stops it and every process of the server, not the launcher alone."""
+    import httpx
+    import psutil
+
+    from tests.conftest import free_port
+
+    sig = signal.SIGTERM
+    port = free_port()
+    serve = subprocess.Popen([sys.executable, "-m", "meddialog.serve", "--model-path", str(embedded_base_dir),
+                              "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env={**_env(), "PYTHONPATH": str(REPO)})
+    try:
+        lines = []
+        for line in serve.stdout:  # until the server says it is up, or the launcher exits
+            lines.append(line)
+            if line.startswith("serving "):
+                break
+        assert serve.poll() is None, "".join(lines[-20:])
+        assert f"at http://127.0.0.1:{port}/v1" in lines[-1]
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
+                           json={"model": "meddialog", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 200 and reply.json()["model"] == "meddialog"
+        family = [p.pid for p in psutil.Process(serve.pid).children(recursive=True)]
+        assert len(family) >= 2, "the API server and its engine core"
+        serve.send_signal(sig)
+        assert serve.wait(timeout=60) == 128 + sig
+        deadline = time.monotonic() + 30
+        alive = family
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+            time.sleep(0.5)
+        assert not alive, f"left running after {sig.name}: {alive}"
+    finally:
+        if serve.poll() is None:
+            serve.kill()
