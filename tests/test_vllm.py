@@ -161,14 +161,7 @@ def test_stopping_the_server_leaves_no_process(server):
     running, family = server
     assert len(family) >= 2, "vLLM starts an engine process beside the API server"
     running.stop()
-    import psutil
-
-    deadline = time.monotonic() + 30
-    alive = family
-    while alive and time.monotonic() < deadline:
-        alive = [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.5)
-    assert not alive, f"left running after stop: {alive}"
+    assert not still_running(family), "left running after stop"
 
 
 @pytest.mark.slow
@@ -211,6 +204,18 @@ def test_cpu_vllm_cannot_take_trl_weight_sync(usable_vllm, embedded_base_dir):
     assert "torch.Size([0])" in report["error"] or "weight_loader" in report["error"], report
 
 
+def still_running(pids: list[int], grace_s: float = 30.0) -> list[int]:
+    """Those of `pids` still alive (zombies aside) after up to `grace_s` seconds of waiting for them to end."""
+    import psutil
+
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.5)
+
+
 def _env() -> dict[str, str]:
     import os
 
@@ -246,12 +251,7 @@ def test_make_serve_answers_and_sigterm_stops_everything(usable_vllm, embedded_b
         assert len(family) >= 2, "the API server and its engine core"
         serve.send_signal(sig)
         assert serve.wait(timeout=60) == 128 + sig
-        deadline = time.monotonic() + 30
-        alive = family
-        while alive and time.monotonic() < deadline:
-            alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-            time.sleep(0.5)
-        assert not alive, f"left running after {sig.name}: {alive}"
+        assert not still_running(family), f"left running after {sig.name}"
     finally:
         if serve.poll() is None:
             serve.kill()
