@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from meddialog.modeling.generation import generate, stop_token_ids
 from meddialog.params import GenerationParams, VllmParams, load_params
 from meddialog.vllm.client import chat_answers, request_body
 from meddialog.vllm.environment import check
-from meddialog.vllm.server import ServerSpec, VllmServer, server_command
+from meddialog.vllm.server import ServerSpec, server_command
 from tests.conftest import REPO, make_adapter, read_jsonl, run_stage, write_params
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
@@ -41,16 +42,37 @@ def usable_vllm():
     return status
 
 
+@dataclass
+class Served:
+    base_url: str
+    process: subprocess.Popen  # `python -m meddialog.serve`
+    family: list[int]          # every process under it: vLLM's API server and its engine core
+
+
 @pytest.fixture(scope="module")
-def server(usable_vllm, embedded_base_dir, tmp_path_factory):
-    """A real server on the embedded model, float32, on a free loopback port; every process it started."""
+def server(usable_vllm, embedded_base_dir):
+    """`python -m meddialog.serve` (what `make serve` runs) on the embedded model (float32, read from its
+    config) on a free loopback port. The last server test stops it with SIGTERM."""
     import psutil
 
-    spec = ServerSpec(embedded_base_dir, "meddialog", "float32")
-    log_file = tmp_path_factory.mktemp("vllm") / "server.log"
-    with VllmServer(ENGINE, spec, log_file=log_file) as running:
-        family = [running.pid] + [c.pid for c in psutil.Process(running.pid).children(recursive=True)]
-        yield running, family
+    from tests.conftest import free_port
+
+    port = free_port()
+    serve = subprocess.Popen([sys.executable, "-m", "meddialog.serve", "--model-path", str(embedded_base_dir),
+                              "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env={**_env(), "PYTHONPATH": str(REPO)})
+    try:
+        lines = []
+        for line in serve.stdout:  # until it says the server is up, or it exits
+            lines.append(line)
+            if line.startswith("serving "):
+                break
+        assert serve.poll() is None, "".join(lines[-20:])
+        assert f"at http://127.0.0.1:{port}/v1" in lines[-1]
+        yield Served(f"http://127.0.0.1:{port}", serve, [p.pid for p in psutil.Process(serve.pid).children(recursive=True)])
+    finally:
+        if serve.poll() is None:
+            serve.kill()
 
 
 # ---------------------------------------------------------------- request and command mapping (fast)
@@ -106,7 +128,7 @@ def test_server_answers_like_transformers_plain_streamed_and_concurrent(server, 
     from openai import OpenAI
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    running, _ = server
+    running = server
     system_prompt = load_params(REPO / "params.yaml").data.system_prompt
     prompts = conversations(system_prompt)
     client = OpenAI(base_url=f"{running.base_url}/v1", api_key="unused", max_retries=0)
@@ -140,7 +162,7 @@ def test_server_answers_like_transformers_plain_streamed_and_concurrent(server, 
 def test_server_refuses_bad_requests_and_stays_up(server):
     import httpx
 
-    running, _ = server
+    running = server
     url = f"{running.base_url}/v1/chat/completions"
     bad = {"not json": httpx.post(url, content=b"{not json", headers={"Content-Type": "application/json"}),
            "no messages": httpx.post(url, json={"model": "meddialog"}),
@@ -156,12 +178,13 @@ def test_server_refuses_bad_requests_and_stays_up(server):
 
 
 @pytest.mark.slow
-def test_stopping_the_server_leaves_no_process(server):
-    """Runs last in this module's server tests: stop the server here and look for its processes."""
-    running, family = server
-    assert len(family) >= 2, "vLLM starts an engine process beside the API server"
-    running.stop()
-    assert not still_running(family), "left running after stop"
+def test_sigterm_stops_the_server_and_every_process_it_started(server):
+    """The last server test: `kill` (SIGTERM, what systemd and docker send) to `make serve` stops vLLM's
+    whole process group, not the launcher alone. (Ctrl-C takes the same way out: exit 130.)"""
+    assert len(server.family) >= 2, "vLLM's API server and its engine core"
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not still_running(server.family), "left running after SIGTERM"
 
 
 @pytest.mark.slow
@@ -220,38 +243,3 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-
-
-@pytest.mark.slow
-def test_make_serve_answers_and_sigterm_stops_everything(usable_vllm, embedded_base_dir):
-    """`python -m meddialog.serve` (what `make serve` runs) on a free port: it answers, and `kill` (SIGTERM,
-    what systemd and docker send) stops it and every process of the server, not the launcher alone."""
-    import httpx
-    import psutil
-
-    from tests.conftest import free_port
-
-    sig = signal.SIGTERM
-    port = free_port()
-    serve = subprocess.Popen([sys.executable, "-m", "meddialog.serve", "--model-path", str(embedded_base_dir),
-                              "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env={**_env(), "PYTHONPATH": str(REPO)})
-    try:
-        lines = []
-        for line in serve.stdout:  # until the server says it is up, or the launcher exits
-            lines.append(line)
-            if line.startswith("serving "):
-                break
-        assert serve.poll() is None, "".join(lines[-20:])
-        assert f"at http://127.0.0.1:{port}/v1" in lines[-1]
-        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
-                           json={"model": "meddialog", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
-        assert reply.status_code == 200 and reply.json()["model"] == "meddialog"
-        family = [p.pid for p in psutil.Process(serve.pid).children(recursive=True)]
-        assert len(family) >= 2, "the API server and its engine core"
-        serve.send_signal(sig)
-        assert serve.wait(timeout=60) == 128 + sig
-        assert not still_running(family), f"left running after {sig.name}"
-    finally:
-        if serve.poll() is None:
-            serve.kill()
