@@ -15,9 +15,16 @@ VERL_SFT_DIR = Path("models/verl/sft")
 VERL_GRPO_DIR = Path("models/verl/grpo")
 VERL_CHECKPOINT_ROOT = Path("models/verl/checkpoints")
 
+SAFETY_PROBE = Path("data/safety/probe.jsonl")  # held out: no stage trains on it (data card beside it)
+KNOWLEDGE_TASKS_DIR = Path("data/knowledge")    # lm-evaluation-harness task configs and their data
+
 METRICS_DIR = Path("metrics")
 PROVENANCE_DIR = METRICS_DIR / "provenance"
 
 SCRATCH_DIR = Path("scratch")
 CHECKPOINT_ROOT = SCRATCH_DIR / "checkpoints"  # TRL runs, for resuming (not DVC outputs)
 MERGED_ROOT = SCRATCH_DIR / "merged"          # adapter chains merged in full precision, cached
+JUDGE_CACHE = SCRATCH_DIR / "judge" / "cache.jsonl"  # judge verdicts, keyed by what was judged
+
+# Every model the evaluations compare, by the name metrics use for it ("baseline" is the untrained base).
+EVALUATED_MODELS = {"baseline": BASE_DIR, "sft": SFT_DIR, "grpo": GRPO_DIR}

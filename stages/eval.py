@@ -1,12 +1,13 @@
-"""Final stage (tutorial "Evaluating Results"): score the sft and grpo models beside the base.
+"""Final evaluation stage (tutorial "Evaluating Results"): score the sft and grpo models beside the base.
 
     python -m stages.eval
 
 Evaluates models/sft and models/grpo (adapter chains on models/base) on `eval.num_samples`
 test conversations, selected exactly as the baseline stage selects them, and writes
-metrics/{sft,grpo}.json with predictions beside them, metrics/comparison.json,
-metrics/comparison_plot.csv (the data of the bar chart in `dvc plots show`) and
-metrics/report.md (a table base vs sft vs grpo and three side-by-side examples).
+metrics/{sft,grpo}.json with predictions beside them, and metrics/comparison.json: every metric per
+model and the paired differences sft − base, grpo − sft and grpo − base, each with its bootstrap
+interval (`eval.bootstrap_resamples` draws of the conversations, meddialog/evaluation/intervals.py).
+The report stage turns them into metrics/report.md.
 """
 from __future__ import annotations
 
@@ -20,16 +21,11 @@ from meddialog.evaluation.evaluate import (
     evaluate_model,
     test_conversations,
 )
-from meddialog.evaluation.report import (
-    comparison,
-    comparison_plot_csv,
-    markdown,
-    read_provenance,
-    read_results,
-)
+from meddialog.evaluation.intervals import PAIRS, conversation_scores, paired_differences
+from meddialog.evaluation.report import comparison, read_results
 from meddialog.evaluation.scoring import Embedder
 from meddialog.params import load_params
-from meddialog.paths import GRPO_DIR, METRICS_DIR, SFT_DIR
+from meddialog.paths import EVALUATED_MODELS, GRPO_DIR, METRICS_DIR, SFT_DIR
 
 log = logging.getLogger("eval")
 
@@ -47,14 +43,20 @@ def main() -> None:
     embedder = Embedder()
     for name, path in TRAINED.items():
         evaluate_model("eval", name, path, samples, params, embedder)
-    results, predictions = {}, {}
-    for name in ("baseline", *TRAINED):
-        results[name], predictions[name] = read_results(METRICS_DIR, name)
-    (METRICS_DIR / "comparison.json").write_text(json.dumps(comparison(results), indent=2, sort_keys=True) + "\n")
-    (METRICS_DIR / "comparison_plot.csv").write_text(comparison_plot_csv(results))
-    provenance = read_provenance(METRICS_DIR, list(results))
-    (METRICS_DIR / "report.md").write_text(markdown(results, predictions, provenance), encoding="utf-8")
-    log.info("wrote metrics/comparison.json, metrics/comparison_plot.csv and metrics/report.md")
+    results, scores = {}, {}
+    for name in EVALUATED_MODELS:
+        results[name], rows = read_results(METRICS_DIR, name)
+        scores[name] = conversation_scores(rows, embedder)
+    differences = {(newer, older): paired_differences(scores[newer], scores[older], params.eval.bootstrap_resamples,
+                                                      params.seed, params.eval.confidence)
+                   for newer, older in PAIRS}
+    flat = {**comparison(results, differences), "bootstrap.resamples": float(params.eval.bootstrap_resamples),
+            "bootstrap.confidence": params.eval.confidence}
+    (METRICS_DIR / "comparison.json").write_text(json.dumps(flat, indent=2, sort_keys=True) + "\n")
+    for (newer, older), diffs in differences.items():
+        log.info("%s − %s: %s", newer, older, ", ".join(
+            f"{d.metric} {d.value:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" for d in diffs if d.metric in ("rougeL", "bleu")))
+    log.info("wrote metrics/comparison.json")
 
 
 if __name__ == "__main__":

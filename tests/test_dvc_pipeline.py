@@ -24,7 +24,8 @@ def test_dag_shows_the_whole_pipeline_in_order(scratch_repo):
     names = dict(re.findall(r'(node\d+)\["([^"]+)"\]', dag.stdout))
     edges = {(names[a], names[b]) for a, b in re.findall(r"(node\d+)-->(node\d+)", dag.stdout)}
     assert set(names.values()) == {"download", "process", "base_model", "baseline", "sft", "grpo", "eval", "export",
-                                   "gguf"}
+                                   "gguf", "safety", "knowledge", "judge", "report"}
     assert {("download", "process"), ("process", "baseline"), ("base_model", "baseline"), ("base_model", "sft"),
             ("process", "sft"), ("sft", "grpo"), ("grpo", "eval"), ("baseline", "eval"), ("eval", "export"),
-            ("grpo", "export"), ("export", "gguf")} <= edges
+            ("grpo", "export"), ("export", "gguf"), ("grpo", "safety"), ("grpo", "knowledge"), ("eval", "judge"),
+            ("eval", "report"), ("safety", "report"), ("knowledge", "report"), ("judge", "report")} <= edges

@@ -43,8 +43,14 @@ def test_eval_stage_compares_base_sft_and_grpo(tiny_project, monkeypatch):
         assert len(read_jsonl(tiny_project / "metrics" / f"{name}_predictions.jsonl")) == 6
     comparison = json.loads((tiny_project / "metrics" / "comparison.json").read_text())
     for metric in REPORT_METRICS:
-        assert {f"{metric}.baseline", f"{metric}.sft", f"{metric}.grpo", f"{metric}.grpo_minus_baseline"} <= set(comparison)
+        assert {f"{metric}.baseline", f"{metric}.sft", f"{metric}.grpo"} <= set(comparison)
+    for metric in ("rougeL", "bleu", "similarity"):
+        for pair in ("sft_minus_baseline", "grpo_minus_sft", "grpo_minus_baseline"):
+            key = f"{metric}.{pair}"
+            assert comparison[f"{key}_low"] <= comparison[key] <= comparison[f"{key}_high"], key
+    assert run_stage("report", tiny_project).returncode == 0
     report = (tiny_project / "metrics" / "report.md").read_text()
+    assert "## Differences, with 95% intervals" in report and "| rougeL | " in report
     assert "| rougeL |" in report and report.count("### Example") == 3
     assert "| metric | baseline | sft | grpo |" in report
     assert "Produced on cpu, float32, quantization none" in report

@@ -13,7 +13,7 @@ from tools.plots_template import page
 
 # Enough of the checkout for DVC to collect the plots: the pipeline, its config and templates, metrics.
 PLOT_FILES = (".gitignore", ".dvc", "dvc.yaml", "dvc.lock", "params.yaml", "metrics")
-CHARTS = ("sft_loss", "grpo_rewards", "model_comparison")
+CHARTS = ("sft_loss", "grpo_rewards", "model_comparison", "evaluation")
 
 
 @pytest.fixture

@@ -1,10 +1,17 @@
-"""metrics/comparison.json, comparison_plot.csv and report.md: base vs sft vs grpo side by side."""
+"""metrics/comparison.json, the plot tables and report.md: base vs sft vs grpo side by side, with intervals.
+
+comparison.json (the eval stage) holds every metric per model and each paired difference
+`<metric>.<newer>_minus_<older>` with its interval's `_low` and `_high`; report.md (the report stage) adds
+the safety probe, the knowledge benchmark and the judge when their stages have run.
+"""
 from __future__ import annotations
 
 import csv
 import io
 import json
 from pathlib import Path
+
+from meddialog.evaluation.intervals import Difference
 
 REPORT_METRICS = ("rougeL", "rouge1", "rouge2", "bleu", "sentence_bleu", "similarity",
                   "answer_words_mean", "repetition", "empty_rate", "num_samples")
@@ -14,15 +21,30 @@ EXAMPLES = 3
 EXCERPT_CHARS = 600
 
 
-def comparison(results: dict[str, dict]) -> dict[str, float]:
-    """Flat `<metric>.<model>` values plus `<metric>.<model>_minus_baseline` deltas."""
+def comparison(results: dict[str, dict], differences: dict[tuple[str, str], list[Difference]]) -> dict[str, float]:
+    """Flat `<metric>.<model>` values, plus each paired difference `<metric>.<newer>_minus_<older>` (over the
+    conversations both scored) with its interval as `..._low` / `..._high`."""
     flat: dict[str, float] = {}
     for metric in REPORT_METRICS:
         for model, metrics in results.items():
             flat[f"{metric}.{model}"] = metrics[metric]
-            if model != "baseline":
-                flat[f"{metric}.{model}_minus_baseline"] = round(metrics[metric] - results["baseline"][metric], 6)
+    for (newer, older), diffs in differences.items():
+        for d in diffs:
+            key = f"{d.metric}.{newer}_minus_{older}"
+            flat[key], flat[f"{key}_low"], flat[f"{key}_high"] = d.value, d.low, d.high
     return flat
+
+
+def differences_from(comparison_json: dict) -> dict[str, list[Difference]]:
+    """comparison.json's paired differences again, by `<newer>_minus_<older>`, in REPORT_METRICS order."""
+    found: dict[str, list[Difference]] = {}
+    for key in sorted(comparison_json):
+        metric, _, pair = key.partition(".")
+        if "_minus_" in pair and not pair.endswith(("_low", "_high")) and f"{key}_low" in comparison_json:
+            found.setdefault(pair, []).append(Difference(metric, comparison_json[key], comparison_json[f"{key}_low"],
+                                                         comparison_json[f"{key}_high"]))
+    order = {m: i for i, m in enumerate(REPORT_METRICS)}
+    return {pair: sorted(diffs, key=lambda d: order.get(d.metric, len(order))) for pair, diffs in found.items()}
 
 
 def comparison_plot_csv(results: dict[str, dict]) -> str:
@@ -38,7 +60,8 @@ def comparison_plot_csv(results: dict[str, dict]) -> str:
 
 
 def markdown(results: dict[str, dict], predictions: dict[str, list[dict]],
-             provenance: dict[str, dict] | None = None) -> str:
+             provenance: dict[str, dict] | None = None, comparison_json: dict | None = None,
+             safety: dict | None = None, knowledge: dict | None = None, judge: dict | None = None) -> str:
     models = list(results)
     lines = ["# Evaluation report", "",
              "Scores on the same seeded test conversations (see meddialog/evaluation/scoring.py for definitions).", "",
@@ -50,6 +73,10 @@ def markdown(results: dict[str, dict], predictions: dict[str, list[dict]],
         lines += ["", "**Note:** the models were scored on different numbers of conversations "
                       "(baseline.num_samples differs from eval.num_samples), so the columns are not comparable."]
     lines += _provenance_lines(provenance or {})
+    lines += _difference_lines(comparison_json or {})
+    lines += _safety_lines(safety)
+    lines += _knowledge_lines(knowledge)
+    lines += _judge_lines(judge)
     lines += ["", "## Examples", ""]
     by_id = {m: {row["id"]: row for row in rows} for m, rows in predictions.items()}
     shared = [row["id"] for row in predictions[models[0]] if all(row["id"] in by_id[m] for m in models)]
@@ -59,6 +86,118 @@ def markdown(results: dict[str, dict], predictions: dict[str, list[dict]],
                   f"**Reference:** {_excerpt(first['reference'])}", ""]
         lines += [f"**{m}:** {_excerpt(by_id[m][example_id]['prediction']) or '(empty)'}" + "\n" for m in models]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _difference_lines(comparison_json: dict) -> list[str]:
+    found = differences_from(comparison_json)
+    if not found:
+        return []
+    pairs = list(found)
+    resamples = comparison_json.get("bootstrap.resamples", 0)
+    confidence = comparison_json.get("bootstrap.confidence", 0.95)
+    lines = ["", f"## Differences, with {confidence:.0%} intervals", "",
+             f"Paired bootstrap: {resamples:.0f} seeded resamples of the conversations both models answered "
+             "(meddialog/evaluation/intervals.py). *within noise*: the interval covers 0, so this test set cannot "
+             "tell the two models apart on that metric.", "",
+             "| metric | " + " | ".join(p.replace("_minus_", " − ") for p in pairs) + " |", "|---|" + "---|" * len(pairs)]
+    for index, first in enumerate(found[pairs[0]]):
+        cells = [_interval_cell(found[p][index]) for p in pairs]
+        lines.append(f"| {first.metric} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _interval_cell(d: Difference) -> str:
+    digits = 1 if d.metric.startswith("answer_words") else 4
+    cell = f"{d.value:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
+    return f"{cell} *within noise*" if d.within_noise else cell
+
+
+def _safety_lines(safety: dict | None) -> list[str]:
+    from meddialog.evaluation.safety import KINDS
+
+    if not safety:
+        return []
+    models = list(safety)
+    lines = ["", "## Safety probe", "",
+             "Held-out prompts (data/safety/, never trained on); rates with 95% Wilson intervals; detectors in "
+             "meddialog/evaluation/safety.py, independent of the GRPO safety reward's patterns.", "",
+             "| behaviour (prompts) | careful answer | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+    for kind, (_, name, careful) in KINDS.items():
+        count = safety[models[0]][f"{kind}_prompts"]
+        cells = [f"{safety[m][name]:.2f} [{safety[m][name + '_low']:.2f}, {safety[m][name + '_high']:.2f}]"
+                 for m in models]
+        lines.append(f"| {name} ({kind}, {count:.0f}) | {careful} | " + " | ".join(cells) + " |")
+    disagreement = ", ".join(
+        f"{kind} " + "/".join(f"{safety[m][kind + '_reward_disagreement']:.2f}" for m in models) for kind in KINDS)
+    lines += ["", f"The GRPO reward's patterns disagree with the detectors on this share of answers "
+                  f"({'/'.join(models)}): {disagreement}. The reward's red-flag list recognises "
+                  f"{safety[models[0]]['red_flag_seen_by_reward']:.0%} of the red-flag prompts."]
+    return lines
+
+
+def _knowledge_lines(knowledge: dict | None) -> list[str]:
+    if not knowledge:
+        return []
+    models = [m for m in knowledge if "_minus_" not in m]
+    tasks = list(knowledge[models[0]])
+    lines = ["", "## Knowledge benchmark (lm-evaluation-harness)", "",
+             "Zero-shot multiple choice; accuracy ± standard error (data/knowledge/ for the embedded task).", "",
+             "| task | metric | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+    for task in tasks:
+        for metric in ("acc", "acc_norm"):
+            if metric in knowledge[models[0]][task]:
+                cells = [f"{knowledge[m][task][metric]:.4f} ± {knowledge[m][task][metric + '_stderr']:.4f}"
+                         for m in models]
+                lines.append(f"| {task} ({knowledge[models[0]][task]['num_items']:.0f} items) | {metric} | "
+                             + " | ".join(cells) + " |")
+    return lines
+
+
+def _judge_lines(judge: dict | None) -> list[str]:
+    if not judge:
+        return []
+    if not judge.get("enabled"):
+        return ["", "## Judge", "", "Not run: `eval.judge.enabled` is false (docs/evaluation.md, Judge)."]
+    lines = ["", "## Judge", "",
+             f"Pairwise, each pair judged in both orders by `{judge['judge_model']}`; a win needs both orders to agree "
+             "(or one win and one tie); rates with 95% Wilson intervals.", "",
+             "| pair | win | tie | loss | judged | failed replies |", "|---|---|---|---|---|---|"]
+    for pair, row in judge["pairs"].items():
+        cells = [f"{row[k]:.2f} [{row[k + '_low']:.2f}, {row[k + '_high']:.2f}]" for k in ("win", "tie", "loss")]
+        lines.append(f"| {pair.replace('_vs_', ' vs ')} | " + " | ".join(cells)
+                     + f" | {row['judged']:.0f} | {row['failed']:.0f} |")
+    return lines
+
+
+def evaluation_plot_csv(comparison_json: dict, safety: dict | None, knowledge: dict | None,
+                        judge: dict | None) -> str:
+    """The intervals chart's data (dvc.yaml `plots: evaluation`): `panel,label,value,low,high` rows."""
+    from meddialog.evaluation.safety import KINDS
+
+    rows = []
+    for pair, diffs in differences_from(comparison_json).items():
+        for d in diffs:
+            if d.metric in PLOT_METRICS:
+                rows.append((f"{PLOT_METRICS[d.metric]} difference", pair.replace("_minus_", " − "), d.value, d.low,
+                             d.high))
+    for _, name, _ in (KINDS.values() if safety else ()):
+        rows += [(name, m, v[name], v[name + "_low"], v[name + "_high"]) for m, v in safety.items()]
+    for model, tasks in (knowledge or {}).items():
+        if "_minus_" not in model:
+            rows += [(f"{task} acc", model, s["acc"], round(s["acc"] - 1.96 * s["acc_stderr"], 6),
+                      round(s["acc"] + 1.96 * s["acc_stderr"], 6)) for task, s in tasks.items()]
+    if judge and judge.get("enabled"):
+        rows += [("judge win rate", pair.replace("_vs_", " vs "), r["win"], r["win_low"], r["win_high"])
+                 for pair, r in judge["pairs"].items()]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["panel", "label", "value", "low", "high"])
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _provenance_lines(provenance: dict[str, dict]) -> list[str]:
