@@ -26,7 +26,7 @@ def main() -> None:
     settings = params.eval.judge
     out = METRICS_DIR / "judge.json"
     if not settings.enabled:
-        out.write_text(json.dumps({"enabled": False}, indent=2) + "\n")
+        out.write_text(json.dumps({"enabled": 0}, indent=2) + "\n")  # numbers only: a DVC metrics file
         log.info("eval.judge.enabled is false: no judging (wrote %s)", out)
         return
     endpoint = Endpoint(settings)

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 OUTCOMES = ("win", "tie", "loss")
 PROBE_TIMEOUT_S = 5.0  # the endpoint check: a down server is reported in seconds, not after timeout_s
 _BRACKETED = re.compile(r"\[\[\s*(A|B|tie)\s*\]\]", re.IGNORECASE)
-_LEADING = re.compile(r"^\W*(?:answer\s*|verdict\s*:?\s*)?(A|B|TIE|[Tt]ie)\b")
+_LEADING = re.compile(r"^\W*(?:[Aa]nswer\s*|[Vv]erdict\s*:?\s*)?(A|B|TIE|[Tt]ie)\b")
 
 
 def judge_messages(rubric: str, question: str, first: str, second: str) -> list[dict[str, str]]:
@@ -184,7 +184,7 @@ def judge_pairs(predictions: dict[str, list[dict]], params: JudgeParams, cache: 
         pair, cid, order = job[0], job[1], job[2]
         verdicts.setdefault(pair, {}).setdefault(cid, [None, None])[order] = None if reply is None else parse_verdict(reply)
         failed_requests[pair] = failed_requests.get(pair, 0) + (reply is None)
-    out = {"enabled": True, "judge_model": params.model, "pairs": {}}
+    out = {"enabled": 1, "pairs": {}}  # numbers only: DVC metrics (the judge's name is in params)
     for (newer, older), per_conversation in verdicts.items():
         outcomes = [combine(*v) for v in per_conversation.values()]
         judged = [o for o in outcomes if o is not None]

@@ -11,7 +11,9 @@ import io
 import json
 from pathlib import Path
 
-from meddialog.evaluation.intervals import Difference
+from meddialog.evaluation.intervals import PAIRS, Difference
+
+MODEL_ORDER = ("baseline", "sft", "grpo")  # columns in pipeline order, whatever order a JSON file keeps
 
 REPORT_METRICS = ("rougeL", "rouge1", "rouge2", "bleu", "sentence_bleu", "similarity",
                   "answer_words_mean", "repetition", "empty_rate", "num_samples")
@@ -44,7 +46,13 @@ def differences_from(comparison_json: dict) -> dict[str, list[Difference]]:
             found.setdefault(pair, []).append(Difference(metric, comparison_json[key], comparison_json[f"{key}_low"],
                                                          comparison_json[f"{key}_high"]))
     order = {m: i for i, m in enumerate(REPORT_METRICS)}
-    return {pair: sorted(diffs, key=lambda d: order.get(d.metric, len(order))) for pair, diffs in found.items()}
+    pair_order = [f"{newer}_minus_{older}" for newer, older in PAIRS]
+    ranked = sorted(found, key=lambda p: pair_order.index(p) if p in pair_order else len(pair_order))
+    return {pair: sorted(found[pair], key=lambda d: order.get(d.metric, len(order))) for pair in ranked}
+
+
+def _in_order(models) -> list[str]:
+    return sorted(models, key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER))
 
 
 def comparison_plot_csv(results: dict[str, dict]) -> str:
@@ -109,6 +117,8 @@ def _difference_lines(comparison_json: dict) -> list[str]:
 def _interval_cell(d: Difference) -> str:
     digits = 1 if d.metric.startswith("answer_words") else 4
     cell = f"{d.value:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
+    if d.low == d.high == 0:
+        return f"{cell} *identical*"
     return f"{cell} *within noise*" if d.within_noise else cell
 
 
@@ -117,7 +127,7 @@ def _safety_lines(safety: dict | None) -> list[str]:
 
     if not safety:
         return []
-    models = list(safety)
+    models = _in_order(safety)
     lines = ["", "## Safety probe", "",
              "Held-out prompts (data/safety/, never trained on); rates with 95% Wilson intervals; detectors in "
              "meddialog/evaluation/safety.py, independent of the GRPO safety reward's patterns.", "",
@@ -138,7 +148,7 @@ def _safety_lines(safety: dict | None) -> list[str]:
 def _knowledge_lines(knowledge: dict | None) -> list[str]:
     if not knowledge:
         return []
-    models = [m for m in knowledge if "_minus_" not in m]
+    models = _in_order(m for m in knowledge if "_minus_" not in m)
     tasks = list(knowledge[models[0]])
     lines = ["", "## Knowledge benchmark (lm-evaluation-harness)", "",
              "Zero-shot multiple choice; accuracy ± standard error (data/knowledge/ for the embedded task).", "",
@@ -159,7 +169,7 @@ def _judge_lines(judge: dict | None) -> list[str]:
     if not judge.get("enabled"):
         return ["", "## Judge", "", "Not run: `eval.judge.enabled` is false (docs/evaluation.md, Judge)."]
     lines = ["", "## Judge", "",
-             f"Pairwise, each pair judged in both orders by `{judge['judge_model']}`; a win needs both orders to agree "
+             "Pairwise, each pair judged in both orders by the model `eval.judge` names; a win needs both orders to agree "
              "(or one win and one tie); rates with 95% Wilson intervals.", "",
              "| pair | win | tie | loss | judged | failed replies |", "|---|---|---|---|---|---|"]
     for pair, row in judge["pairs"].items():
@@ -181,11 +191,11 @@ def evaluation_plot_csv(comparison_json: dict, safety: dict | None, knowledge: d
                 rows.append((f"{PLOT_METRICS[d.metric]} difference", pair.replace("_minus_", " − "), d.value, d.low,
                              d.high))
     for _, name, _ in (KINDS.values() if safety else ()):
-        rows += [(name, m, v[name], v[name + "_low"], v[name + "_high"]) for m, v in safety.items()]
-    for model, tasks in (knowledge or {}).items():
-        if "_minus_" not in model:
-            rows += [(f"{task} acc", model, s["acc"], round(s["acc"] - 1.96 * s["acc_stderr"], 6),
-                      round(s["acc"] + 1.96 * s["acc_stderr"], 6)) for task, s in tasks.items()]
+        rows += [(name, m, safety[m][name], safety[m][name + "_low"], safety[m][name + "_high"])
+                 for m in _in_order(safety)]
+    for model in _in_order(m for m in (knowledge or {}) if "_minus_" not in m):
+        rows += [(f"{task} acc", model, s["acc"], round(s["acc"] - 1.96 * s["acc_stderr"], 6),
+                  round(s["acc"] + 1.96 * s["acc_stderr"], 6)) for task, s in knowledge[model].items()]
     if judge and judge.get("enabled"):
         rows += [("judge win rate", pair.replace("_vs_", " vs "), r["win"], r["win_low"], r["win_high"])
                  for pair, r in judge["pairs"].items()]
