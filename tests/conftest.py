@@ -180,7 +180,8 @@ TINY_PIPELINE = {
     "baseline.num_samples": 4, "eval.num_samples": 4, "generation.max_new_tokens": 4, "generation.batch_size": 4,
     "lora.r": 2, "lora.alpha": 4, "sft.max_steps": 2, "sft.batch_size": 2, "sft.max_samples": 8,
     "sft.eval_samples": 2, "sft.eval_steps": 2, "sft.save_steps": 2, "sft.max_length": 128, "grpo.max_steps": 2,
-    "grpo.batch_size": 2, "grpo.num_generations": 2, "grpo.max_completion_length": 4, "grpo.save_steps": 2}
+    "grpo.batch_size": 2, "grpo.num_generations": 2, "grpo.max_completion_length": 4, "grpo.save_steps": 2,
+    "knowledge.limit": 8}
 
 
 def sh(*args, cwd):

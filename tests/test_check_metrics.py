@@ -43,3 +43,8 @@ def test_command_fails_with_the_reason(workspace):
     result = run_stage("tools.check_metrics", workspace)
     assert result.returncode == 1
     assert "metrics/baseline.json: missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_nested_metrics_are_checked_leaf_by_leaf(workspace):
+    (workspace / "metrics" / "data.json").write_text(json.dumps({"base": {"task": {"acc": 0.4, "name": "x"}}, "n": 1}))
+    assert check(workspace) == ["metrics/data.json: not a finite number: base.task.name"]

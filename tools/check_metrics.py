@@ -43,9 +43,18 @@ def problems_in(path: Path) -> tuple[list[str], dict]:
         return [f"{path}: not valid JSON ({err})"], {}
     if not isinstance(values, dict) or not values:
         return [f"{path}: expected a non-empty JSON object of metric: number"], {}
-    bad = [k for k, v in values.items()
+    bad = [k for k, v in _leaves(values)
            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
     return ([f"{path}: not a finite number: {', '.join(sorted(bad))}"] if bad else []), values
+
+
+def _leaves(values: dict, prefix: str = ""):
+    """(dotted key, value) of every leaf: DVC reads nested metrics as `model.task.acc`."""
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def check(root: Path = Path(".")) -> list[str]:
