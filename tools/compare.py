@@ -18,7 +18,7 @@ import sys
 
 from meddialog import cli
 from meddialog.errors import UserError
-from meddialog.evaluation.intervals import METRICS, conversation_scores, paired_differences
+from meddialog.evaluation.intervals import conversation_scores, corpus_bleu, paired_differences
 from meddialog.evaluation.scoring import Embedder, rouge_l
 from meddialog.paths import EVALUATED_MODELS, METRICS_DIR
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.model}: {args.b} − {args.a} on the {shared} conversations both scored "
           f"(paired bootstrap, {args.resamples} resamples, 95% intervals)")
     print(f"{'metric':<20}{'A':>10}{'B':>10}{'B − A':>11}   interval")
-    for d in paired_differences(b, a, args.resamples, args.seed, metrics=METRICS):
+    for d in paired_differences(b, a, args.resamples, args.seed):
         mean_a, mean_b = (_mean(s, d.metric, set(a.ids) & set(b.ids)) for s in (a, b))
         print(f"{d.metric:<20}{mean_a:>10.4f}{mean_b:>10.4f}{d.value:>+11.4f}   [{d.low:+.4f}, {d.high:+.4f}]"
               + ("  identical" if d.low == d.high == 0 else "  within noise" if d.within_noise else ""))
@@ -96,8 +96,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _mean(scores, metric: str, ids: set[str]) -> float:
-    from meddialog.evaluation.intervals import corpus_bleu
-
     keep = scores.subset([cid for cid in scores.ids if cid in ids])
     return float(corpus_bleu(keep.bleu_stats.sum(0))) if metric == "bleu" else float(keep.values[metric].mean())
 
