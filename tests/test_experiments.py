@@ -12,6 +12,7 @@ from tests.conftest import clone_with_cache, mlflow_runs, ok, set_params, sh
 
 pytestmark = pytest.mark.slow
 
+HIGH_LR = 5e-2  # high enough that the tiny model's two SFT steps change its greedy answers
 SHOW_RECIPE = ["--drop", ".*", "--keep",
                r"Experiment|Created|sft\.lr|grpo\.lr|metrics/(baseline|sft|grpo)\.json:(rougeL|bleu|similarity)"]
 
@@ -49,8 +50,9 @@ def test_status_names_exactly_the_stale_stages_and_a_noop_repro_runs_nothing(lab
 
 
 def test_exp_run_reruns_only_the_stages_after_training_and_metrics_diff_has_both_sides(lab):
-    run = ok(sh("dvc", "exp", "run", "-n", "lr-high", "-S", "sft.lr=1e-3", cwd=lab))
-    assert ran(run.stdout) == {"sft", "grpo", "eval", "export", "gguf"}
+    run = ok(sh("dvc", "exp", "run", "-n", "lr-high", "-S", f"sft.lr={HIGH_LR}", cwd=lab))
+    # everything downstream of the adapters, never download, process, baseline or base_model
+    assert ran(run.stdout) == {"sft", "grpo", "eval", "safety", "knowledge", "judge", "report", "export", "gguf"}
     # a commit against the workspace (which now holds the experiment's results)
     diff = json.loads(ok(sh("dvc", "metrics", "diff", "HEAD", "--all", "--json", cwd=lab)).stdout)
     for model in ("baseline", "sft", "grpo"):
@@ -59,6 +61,32 @@ def test_exp_run_reruns_only_the_stages_after_training_and_metrics_diff_has_both
     assert diff["metrics/baseline.json"]["rougeL"]["diff"] == 0  # the baseline was not rerun
     ok(sh("git", "checkout", "--", ".", cwd=lab))
     ok(sh("dvc", "checkout", "dvc.yaml", cwd=lab))
+
+
+def test_compare_reads_an_experiment_against_head_without_a_checkout(lab):
+    """tools.compare HEAD lr-high (the experiment above): both sides' sft predictions come from the DVC cache,
+    the workspace stays as it is, and side A's and B's means are those each side's metrics/sft.json holds."""
+    before = ok(sh("git", "status", "--porcelain", cwd=lab)).stdout
+    result = ok(sh("python", "-m", "tools.compare", "HEAD", "lr-high", "--model", "sft", "--resamples", "1000",
+                   "--top", "2", cwd=lab))
+    assert ok(sh("git", "status", "--porcelain", cwd=lab)).stdout == before
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("sft: lr-high − HEAD on the 4 conversations both scored"), result.stdout
+    table = {line.split()[0]: line.split() for line in lines[2:8]}
+    assert set(table) == {"bleu", "sentence_bleu", "rouge1", "rouge2", "rougeL", "similarity"}, result.stdout
+    head = json.loads((lab / "metrics" / "sft.json").read_text())
+    shown = list(csv.DictReader(io.StringIO(ok(sh("dvc", "exp", "show", "--csv", "--drop", ".*", "--keep",
+                                                   r"Experiment|metrics/sft\.json:rougeL", cwd=lab)).stdout)))
+    experiment = next(row for row in shown if row["Experiment"] == "lr-high")
+    a, b, difference = (float(v) for v in table["rougeL"][1:4])
+    assert a == pytest.approx(head["rougeL"], abs=1e-4)
+    assert b == pytest.approx(float(experiment["metrics/sft.json:rougeL"]), abs=1e-4)
+    assert difference == pytest.approx(b - a, abs=2e-4)
+    assert "answers that changed most" in result.stdout and result.stdout.count("\n[") == 2
+
+    unknown = sh("python", "-m", "tools.compare", "HEAD", "no-such-experiment", cwd=lab)
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.strip().splitlines()[-1].endswith("(`dvc exp list` names them)")
 
 
 def test_queued_experiments_run_and_log_to_the_main_store(lab):

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from meddialog.evaluation.judge import parse_verdict
 from meddialog.modeling.generation import generate, stop_token_ids
 from meddialog.params import GenerationParams, VllmParams, load_params
 from meddialog.vllm.client import chat_answers, request_body
 from meddialog.vllm.environment import check
 from meddialog.vllm.server import ServerSpec, server_command
-from tests.conftest import REPO, make_adapter, read_jsonl, run_stage, write_params
+from tests.conftest import REPO, make_adapter, read_jsonl, run_stage, set_params, stop, write_jsonl, write_params
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 ENGINE = VllmParams(python=str(VLLM_PYTHON), max_model_len=1024, startup_timeout_s=300, request_timeout_s=300)
@@ -177,6 +178,45 @@ def test_server_refuses_bad_requests_and_stays_up(server):
     assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"]
 
 
+JUDGED = {"baseline": "I don't know.", "sft": "Rest, drink fluids and see a doctor if it gets worse.",
+          "grpo": "See a doctor today if it gets worse; rest and drink fluids meanwhile."}
+
+
+def judge_project(project: Path, base_url: str) -> Path:
+    """The judge stage's inputs: predictions of the three models on QUESTIONS, the served model as judge."""
+    metrics = project / "metrics"
+    metrics.mkdir(exist_ok=True)
+    for name, answer in JUDGED.items():
+        (metrics / f"{name}.json").write_text("{}")
+        write_jsonl(metrics / f"{name}_predictions.jsonl",
+                    [{"id": f"c{i}", "question": q, "prediction": answer} for i, q in enumerate(QUESTIONS[:4])])
+    set_params(project, **{"eval.judge.enabled": True, "eval.judge.base_url": f"{base_url}/v1",
+                           "eval.judge.model": "meddialog", "eval.judge.max_tokens": 6})
+    return project
+
+
+@pytest.mark.slow
+def test_the_server_judges_and_a_rerun_asks_it_nothing(server, project):
+    """The judge stage against the real server, the embedded model standing in as judge. Its verdicts mean
+    nothing (a 135M model); the test proves the plumbing: every reply it gave is cached, and the counts in
+    metrics/judge.json are what parse_verdict makes of those replies."""
+    judge_project(project, server.base_url)
+    first = run_stage("judge", project)
+    assert first.returncode == 0, first.stderr[-2000:]
+    cached = [json.loads(line)["reply"] for line in (project / "scratch/judge/cache.jsonl").read_text().splitlines()]
+    assert len(cached) == 3 * 4 * 2  # three pairs, four conversations, both orders
+    result = json.loads((project / "metrics/judge.json").read_text())
+    rows = result["pairs"].values()
+    assert result["enabled"] == 1 and set(result["pairs"]) == {"sft_vs_baseline", "grpo_vs_sft", "grpo_vs_baseline"}
+    assert all(row["failed_requests"] == 0 and row["judged"] + row["failed"] == 4 for row in rows)
+    assert sum(row["unparseable_replies"] for row in rows) == sum(parse_verdict(r) is None for r in cached)
+    for row in rows:
+        assert row["judged"] == 0 or abs(row["win"] + row["tie"] + row["loss"] - 1) < 1e-5
+    again = run_stage("judge", project)
+    assert again.returncode == 0 and "judge: 24 of 24 verdicts from the cache" in again.stderr, again.stderr[-2000:]
+    assert json.loads((project / "metrics/judge.json").read_text()) == result
+
+
 @pytest.mark.slow
 def test_sigterm_stops_the_server_and_every_process_it_started(server):
     """The last server test: `kill` (SIGTERM, what systemd and docker send) to `make serve` stops vLLM's
@@ -185,6 +225,18 @@ def test_sigterm_stops_the_server_and_every_process_it_started(server):
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=60) == 128 + signal.SIGTERM
     assert not still_running(server.family), "left running after SIGTERM"
+
+
+@pytest.mark.slow
+def test_the_judge_stage_on_the_killed_server_stops_in_seconds_with_one_line(server, project):
+    """After the SIGTERM test (or, run alone, after stopping it here): the server that judged is gone."""
+    stop(server.process)
+    judge_project(project, server.base_url)
+    started = time.monotonic()
+    result = run_stage("judge", project)
+    assert result.returncode == 1 and time.monotonic() - started < 30
+    assert result.stderr.strip().splitlines()[-1].startswith("error: eval.judge: no OpenAI-compatible server answers")
+    assert "Traceback" not in result.stderr and not (project / "metrics/judge.json").exists()
 
 
 @pytest.mark.slow
@@ -243,3 +295,4 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
