@@ -78,3 +78,43 @@ def test_drop_reasons(record, reason):
     with pytest.raises(Dropped) as err:
         to_turns(record)
     assert err.value.reason == reason
+
+
+WRONG = [42, 3.5, True, ["a", "list"], {"text": "an object"}]
+
+
+@pytest.mark.parametrize("value", WRONG, ids=repr)
+@pytest.mark.parametrize("build", [
+    lambda v: {"instruction": "Answer", "input": v, "output": "An answer long enough."},
+    lambda v: {"instruction": "Answer", "input": "A question?", "output": v},
+    lambda v: {"question": v, "answer": "An answer long enough."},
+    lambda v: {"question": "A question?", "answer": v},
+    lambda v: {"conversations": [{"from": "human", "value": v}, {"from": "gpt", "value": "An answer."}]},
+    lambda v: {"conversations": [{"from": "human", "value": "A question?"}, {"from": "gpt", "value": v}]},
+    lambda v: {"conversations": [{"from": v, "value": "A question?"}, {"from": "gpt", "value": "An answer."}]},
+    lambda v: {"messages": [{"role": "user", "content": v}, {"role": "assistant", "content": "An answer."}]},
+    lambda v: {"messages": [{"role": "user", "content": "A question?"}, {"role": "assistant", "content": v}]},
+    lambda v: {"messages": [{"role": "system", "content": v}, {"role": "user", "content": "Q?"},
+                            {"role": "assistant", "content": "An answer."}]},
+    lambda v: {"text": v},
+], ids=["flashcard input", "flashcard output", "question", "answer", "sharegpt value", "sharegpt answer",
+        "sharegpt speaker", "openai content", "openai answer", "openai system", "text"])
+def test_a_non_string_where_text_belongs_drops_the_record(build, value):
+    """Every accepted format, every place text goes: never str()-ed into a training example."""
+    with pytest.raises(Dropped) as err:
+        to_turns(build(value))
+    assert err.value.reason == "wrong_type"
+
+
+@pytest.mark.parametrize("record", [{"conversations": "human: hi"}, {"messages": {"role": "user"}},
+                                    {"messages": ["a question", "an answer"]}], ids=repr)
+def test_turns_that_are_not_a_list_of_objects_are_the_wrong_type(record):
+    with pytest.raises(Dropped) as err:
+        to_turns(record)
+    assert err.value.reason == "wrong_type"
+
+
+def test_a_null_text_is_a_missing_one():
+    with pytest.raises(Dropped) as err:
+        to_turns({"question": None, "answer": "An answer long enough."})
+    assert err.value.reason == "empty_question"

@@ -30,12 +30,14 @@ def test_every_drop_reason_is_counted_and_in_equals_kept_plus_dropped(tmp_path):
         {"conversations": [{"from": "human", "value": "Only a question"}]},
         qa("Question number 0?", "A long enough answer 0."),  # exact duplicate
         qa("QUESTION   number 0?", "a long enough answer 0."),  # duplicate after normalisation
+        qa(42, "A long enough answer."), qa("A list answer?", ["a", "list"]),  # wrong types
+        {"messages": [{"role": "user", "content": {"text": "nested"}}, {"role": "assistant", "content": "Long enough."}]},
     ]
     project = make_raw_project(tmp_path, records)
     result = run_stage("process", project)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((project / "metrics" / "data.json").read_text())
-    assert metrics["in"] == 50
+    assert metrics["in"] == 53
     assert metrics["dropped_malformed_json"] == 2
     assert metrics["dropped_undecodable"] == 1
     assert metrics["dropped_unknown_format"] == 1
@@ -44,6 +46,7 @@ def test_every_drop_reason_is_counted_and_in_equals_kept_plus_dropped(tmp_path):
     assert metrics["dropped_answer_too_short"] == 1
     assert metrics["dropped_no_assistant_turn"] == 1
     assert metrics["dropped_duplicate"] == 2
+    assert metrics["dropped_wrong_type"] == 3
     assert metrics["kept"] == 40 and metrics["in"] == metrics["kept"] + metrics["dropped"]
     assert metrics["train"] + metrics["val"] + metrics["test"] == 40
 

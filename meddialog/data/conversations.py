@@ -11,6 +11,11 @@ Accepted raw formats (the first that matches wins):
 Every dialogue comes out as user/assistant turns that alternate, start with the user and end
 with the assistant; the configured system prompt is put first by the caller. A record that
 cannot become such a dialogue raises `Dropped` with a reason that the process stage counts.
+
+Text must be a string. A number, list, object or boolean where a question, an answer, a turn's content
+or a speaker belongs (scraped dumps have them) drops the record as ``wrong_type``; str() would have turned
+it into a training example such as user ``42``, assistant ``['a', 'list']``. A null is a missing text
+(an empty turn), as in the other formats.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ DROP_REASONS = (
     "malformed_json",
     "undecodable",
     "unknown_format",
+    "wrong_type",
     "empty_question",
     "empty_answer",
     "answer_too_short",
@@ -61,8 +67,7 @@ class Dropped(Exception):
 
 def clean_text(text: Any) -> str:
     """Unescape HTML entities, drop control characters, collapse runs of spaces and blank lines."""
-    if not isinstance(text, str):
-        text = "" if text is None else str(text)
+    text = _text(text)
     if "\ufffd" in text:  # U+FFFD: the text was already mangled by a failed decode upstream
         raise Dropped("undecodable")
     text = html.unescape(html.unescape(text))  # some sources double-escape (&amp;amp;)
@@ -71,6 +76,15 @@ def clean_text(text: Any) -> str:
     text = re.sub(r" *\n *", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text.strip()
+
+
+def _text(value: Any) -> str:
+    """A raw text field: a string, or None for a missing one; anything else is the wrong type."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise Dropped("wrong_type")
+    return value
 
 
 def to_turns(record: dict[str, Any]) -> list[dict[str, str]]:
@@ -90,13 +104,18 @@ def _raw_turns(record: dict[str, Any]) -> list[tuple[str, Any]]:
         return _single_turn(record.get("input"), record.get("output"))
     if "question" in record and "answer" in record:
         return _single_turn(record.get("question"), record.get("answer"))
-    if isinstance(record.get("conversations"), list):
-        return [_speaker_turn(t, "from", "value") for t in record["conversations"]]
-    if isinstance(record.get("messages"), list):
-        return [_speaker_turn(t, "role", "content") for t in record["messages"]]
-    if isinstance(record.get("text"), str):
-        return _split_marked_text(record["text"])
+    for key, speaker_key, text_key in (("conversations", "from", "value"), ("messages", "role", "content")):
+        if key in record:
+            return [_speaker_turn(t, speaker_key, text_key) for t in _list_of_turns(record[key])]
+    if "text" in record:
+        return _split_marked_text(_text(record["text"]))
     raise Dropped("unknown_format")
+
+
+def _list_of_turns(turns: Any) -> list:
+    if not isinstance(turns, list):
+        raise Dropped("wrong_type")
+    return turns
 
 
 def _single_turn(question: Any, answer: Any) -> list[tuple[str, Any]]:
@@ -111,9 +130,13 @@ def _single_turn(question: Any, answer: Any) -> list[tuple[str, Any]]:
 
 def _speaker_turn(turn: Any, speaker_key: str, text_key: str) -> tuple[str, Any]:
     if not isinstance(turn, dict):
-        raise Dropped("unknown_format")
-    speaker = str(turn.get(speaker_key, "")).strip().lower()
+        raise Dropped("wrong_type")
+    speaker = turn.get(speaker_key, "")
+    if not isinstance(speaker, str):
+        raise Dropped("wrong_type")
+    speaker = speaker.strip().lower()
     if speaker == "system":
+        _text(turn.get(text_key))  # a wrong-typed system turn is a broken record too
         return ("system", "")  # replaced by the configured system prompt
     if speaker not in _SPEAKERS:
         raise Dropped("unknown_format")
