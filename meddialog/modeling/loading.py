@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from meddialog.errors import UserError
+from meddialog.modeling.weights import weight_files, weights_fingerprint
 from meddialog.params import DataParams, ModelParams
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def load_model(base_dir: Path, model: ModelParams, adapters: tuple[Path, ...] = 
 
     if not (Path(base_dir) / "config.json").is_file():
         raise UserError(f"{base_dir} is not a model directory (no config.json): run `dvc repro base_model`")
+    check_chain(Path(base_dir), tuple(Path(a) for a in adapters))
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=model.trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -181,11 +183,31 @@ def chain_precision(model: ModelParams, adapters: tuple[Path, ...] = (), for_tra
 
 def trained_in_4bit(adapter: Path) -> bool | None:
     """Whether `adapter` was trained on 4-bit weights, as its lineage.json records (None: not recorded)."""
-    lineage_file = Path(adapter) / LINEAGE_FILE
-    if not lineage_file.is_file():
-        return None
-    recorded = json.loads(lineage_file.read_text()).get("precision") or {}
+    recorded = read_lineage(adapter).get("precision") or {}
     return recorded.get("load_in_4bit")
+
+
+def read_lineage(adapter: Path) -> dict:
+    """An adapter's lineage.json ({} where it has none)."""
+    lineage_file = Path(adapter) / LINEAGE_FILE
+    return json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
+
+
+def check_chain(base_dir: Path, adapters: tuple[Path, ...] = ()) -> None:
+    """Refuse, before anything loads, weights that are pickles, missing or cut short (meddialog/modeling/weights.py),
+    and an adapter trained on another base than `base_dir` (its lineage.json records the base's fingerprint)."""
+    weight_files(base_dir)
+    current = None
+    for adapter in adapters:
+        weight_files(adapter, adapter=True)
+        recorded = read_lineage(adapter).get("base_fingerprint")
+        if recorded is None:  # written before fingerprints were recorded
+            continue
+        current = current or weights_fingerprint(base_dir)
+        if recorded != current:
+            raise UserError(f"{adapter} was trained on another base model than the one in {base_dir} (weights "
+                            f"fingerprint {recorded} in its {LINEAGE_FILE}, {current} now): retrain it (`dvc repro`), "
+                            "or set model.name back to the model it was trained on")
 
 
 def _zero3() -> bool:
@@ -202,17 +224,18 @@ def model_chain(path: Path) -> tuple[Path, tuple[Path, ...]]:
     if not path.is_dir():
         raise UserError(f"model path {path} is not a directory (expected a model directory or an adapter directory)")
     if (path / "adapter_config.json").is_file():
-        lineage_file = path / LINEAGE_FILE
-        if not lineage_file.is_file():
+        lineage = read_lineage(path)
+        if not lineage:
             raise UserError(f"{path} is an adapter without {LINEAGE_FILE}: cannot tell which base model it belongs to")
-        lineage = json.loads(lineage_file.read_text())
         base = Path(lineage["base_model"])
         parents = tuple(Path(p) for p in lineage.get("adapters", []))
         for needed in (base, *parents):
             if not needed.exists():
                 raise UserError(f"{path} needs {needed}, which does not exist (run `dvc repro` or `dvc pull` first)")
+        check_chain(base, parents + (path,))
         return base, parents + (path,)
     if (path / "config.json").is_file():
+        check_chain(path)
         return path, ()
     raise UserError(f"{path} is neither a Hugging Face model directory (config.json) "
                     "nor an adapter directory of this pipeline (adapter_config.json)")
@@ -224,6 +247,7 @@ def write_lineage(adapter_dir: Path, base_dir: Path, parents: tuple[Path, ...] =
     lineage = {
         "base_model": str(base_dir),
         "base_source": json.loads(base_source.read_text()) if base_source.is_file() else None,
+        "base_fingerprint": weights_fingerprint(base_dir),  # checked before this adapter is loaded on a base
         "adapters": [str(p) for p in parents],
         **details,
     }
