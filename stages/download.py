@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.data.sources import read_source
 from meddialog.params import load_params
 from meddialog.paths import RAW_DIR
@@ -29,7 +29,7 @@ def main() -> None:
         stale.unlink()
     for name, lines in records.items():
         path = RAW_DIR / f"{name}.jsonl"
-        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        atomic.write_text(path, "".join(line + "\n" for line in lines))
         log.info("wrote %s (%d records)", path, len(lines))
 
 

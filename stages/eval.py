@@ -11,10 +11,9 @@ The report stage turns them into metrics/report.md.
 """
 from __future__ import annotations
 
-import json
 import logging
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.data.subsets import seeded_prefix
 from meddialog.errors import UserError
 from meddialog.evaluation.evaluate import (
@@ -52,7 +51,7 @@ def main() -> None:
                    for newer, older in PAIRS}
     flat = {**comparison(results, differences), "bootstrap.resamples": float(params.eval.bootstrap_resamples),
             "bootstrap.confidence": params.eval.confidence}
-    (METRICS_DIR / "comparison.json").write_text(json.dumps(flat, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(METRICS_DIR / "comparison.json", flat, sort_keys=True)
     for (newer, older), diffs in differences.items():
         log.info("%s − %s: %s", newer, older, ", ".join(
             f"{d.metric} {d.value:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" for d in diffs if d.metric in ("rougeL", "bleu")))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.export.card import base_identity, model_card
 from meddialog.export.model import write_export
 from meddialog.export.parity import EVALUATED_AS, compare, evaluated_prompts, plain_answers
@@ -29,7 +29,7 @@ def main() -> None:
     parity = check_parity(params)
     summary = {"parameters": lineage["parameters"], "tensors_changed": lineage["tensors_changed"],
                "size_mb": round(sum(f.stat().st_size for f in EXPORT_DIR.glob("*.safetensors")) / 1e6, 1), **parity}
-    (METRICS_DIR / "export.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(METRICS_DIR / "export.json", summary, sort_keys=True)
     log.info("wrote %s and metrics/export.json", EXPORT_DIR)
 
 

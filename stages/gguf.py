@@ -10,11 +10,10 @@ expected; a quantized type: how many are identical, and how far each follows the
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.errors import UserError
 from meddialog.export.gguf import convert, converter, gguf_name, modelfile
 from meddialog.export.parity import EVALUATED_AS, evaluated_prompts, plain_answers
@@ -38,16 +37,16 @@ def main() -> None:
     files = {t: convert(EXPORT_DIR, GGUF_DIR / gguf_name(EXPORT_DIR, t), t).name for t in types}
     summary: dict[str, float] = {"files": len(files),
                                  **{f"{t}.size_mb": round((GGUF_DIR / f).stat().st_size / 1e6, 1) for t, f in files.items()}}
-    (GGUF_DIR / "README.md").write_text(readme(files), encoding="utf-8")
+    atomic.write_text(GGUF_DIR / "README.md", readme(files))
     if files:
         from transformers import AutoTokenizer, GenerationConfig
 
         tokenizer = AutoTokenizer.from_pretrained(EXPORT_DIR)
         chosen = next((files[t] for t in QUANTIZED if t in files), next(iter(files.values())))
-        (GGUF_DIR / "Modelfile").write_text(modelfile(chosen, tokenizer, GenerationConfig.from_pretrained(EXPORT_DIR),
-                                                      params.data.system_prompt))
+        atomic.write_text(GGUF_DIR / "Modelfile", modelfile(chosen, tokenizer, GenerationConfig.from_pretrained(EXPORT_DIR),
+                                                            params.data.system_prompt))
         summary.update(round_trip(files, params))
-    (METRICS_DIR / "gguf.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(METRICS_DIR / "gguf.json", summary, sort_keys=True)
     log.info("wrote %s (%s) and metrics/gguf.json", GGUF_DIR, ", ".join(files.values()) or "no GGUF requested")
 
 

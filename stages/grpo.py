@@ -24,12 +24,13 @@ runs it as it runs sft's: run key, resume, MLflow, outputs (models/grpo, metrics
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.params import load_params
 from meddialog.paths import BASE_DIR, GRPO_DIR, METRICS_DIR, SFT_DIR
 
@@ -144,11 +145,12 @@ def write_reward_series(history: Path, out: Path) -> None:
     with history.open(newline="") as f:
         steps = list(csv.DictReader(f))
     series = {"total": "reward", **{name: f"reward_{name}" for name in COMPONENTS}}
-    with out.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(("step", "component", "reward"))
-        writer.writerows((row["step"], name, row[column]) for row in steps for name, column in series.items()
-                         if row[column] != "")  # blank: the component is off (weight 0)
+    text = io.StringIO()
+    writer = csv.writer(text)  # "\r\n" line ends, as csv writes them
+    writer.writerow(("step", "component", "reward"))
+    writer.writerows((row["step"], name, row[column]) for row in steps for name, column in series.items()
+                     if row[column] != "")  # blank: the component is off (weight 0)
+    atomic.write_text(out, text.getvalue())
 
 
 def zero_spread_warning():

@@ -8,10 +8,9 @@ and grpo vs base in both orders (meddialog/evaluation/judge.py) and writes win/t
 """
 from __future__ import annotations
 
-import json
 import logging
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.evaluation.judge import Endpoint, VerdictCache, judge_pairs
 from meddialog.evaluation.report import read_results
 from meddialog.params import load_params
@@ -26,7 +25,7 @@ def main() -> None:
     settings = params.eval.judge
     out = METRICS_DIR / "judge.json"
     if not settings.enabled:
-        out.write_text(json.dumps({"enabled": 0}, indent=2) + "\n")  # numbers only: a DVC metrics file
+        atomic.write_json(out, {"enabled": 0})  # numbers only: a DVC metrics file
         log.info("eval.judge.enabled is false: no judging (wrote %s)", out)
         return
     endpoint = Endpoint(settings)
@@ -41,7 +40,7 @@ def main() -> None:
     for pair, row in result["pairs"].items():
         log.info("%s: win %.2f, tie %.2f, loss %.2f over %d conversations (%d failed)", pair, row["win"], row["tie"],
                  row["loss"], row["judged"], row["failed"])
-    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(out, result, sort_keys=True)
     log.info("wrote %s", out)
 
 

@@ -8,10 +8,9 @@ models and writes metrics/knowledge.json: `<model>.<task>.acc` / `acc_norm` with
 """
 from __future__ import annotations
 
-import json
 import logging
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.evaluation.knowledge import check_tasks, run_tasks, task_manager
 from meddialog.modeling.loading import load_model, model_chain
 from meddialog.params import load_params
@@ -42,8 +41,7 @@ def main() -> None:
         results[f"{name}_minus_baseline"] = {
             task: {m: round(results[name][task][m] - results["baseline"][task][m], 6) for m in ("acc", "acc_norm")}
             for task in tasks}
-    METRICS_DIR.mkdir(exist_ok=True)
-    (METRICS_DIR / "knowledge.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(METRICS_DIR / "knowledge.json", results, sort_keys=True)
     log.info("wrote metrics/knowledge.json")
 
 

@@ -9,12 +9,11 @@ train_small.jsonl is the tutorial's GRPO subset: `data.grpo_subset_size` seeded 
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.data.dataset import (
     SPLITS,
     SourceReport,
@@ -63,14 +62,12 @@ def main() -> None:
         log.info("%s: %d in, %d kept, dropped %s, split %s", source, report.records_in, report.kept,
                  dict(report.dropped) or "none", report.splits)
     write_verl_parquet(combined, VERL_DATA_DIR)
-    METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    METRICS_FILE.write_text(json.dumps({**totals.as_metrics(""), **metrics}, indent=2) + "\n")
+    atomic.write_json(METRICS_FILE, {**totals.as_metrics(""), **metrics})
     log.info("total: %d in, %d kept, %d dropped", totals.records_in, totals.kept, sum(totals.dropped.values()))
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    atomic.write_jsonl(path, records)
 
 
 def _add(totals: SourceReport, report: SourceReport) -> None:

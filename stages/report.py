@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.evaluation.report import (
     comparison_plot_csv,
     evaluation_plot_csv,
@@ -31,11 +31,11 @@ def main() -> None:
         results[name], predictions[name] = read_results(METRICS_DIR, name)
     comparison = read_json(METRICS_DIR / "comparison.json") or {}
     safety, knowledge, judge = (read_json(METRICS_DIR / f"{n}.json") for n in ("safety", "knowledge", "judge"))
-    (METRICS_DIR / "comparison_plot.csv").write_text(comparison_plot_csv(results))
-    (METRICS_DIR / "evaluation_plot.csv").write_text(evaluation_plot_csv(comparison, safety, knowledge, judge))
+    atomic.write_text(METRICS_DIR / "comparison_plot.csv", comparison_plot_csv(results))
+    atomic.write_text(METRICS_DIR / "evaluation_plot.csv", evaluation_plot_csv(comparison, safety, knowledge, judge))
     report = markdown(results, predictions, read_provenance(METRICS_DIR, list(results)), comparison, safety,
                       knowledge, judge)
-    (METRICS_DIR / "report.md").write_text(report, encoding="utf-8")
+    atomic.write_text(METRICS_DIR / "report.md", report)
     log.info("wrote metrics/report.md, metrics/comparison_plot.csv and metrics/evaluation_plot.csv")
 
 

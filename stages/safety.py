@@ -10,10 +10,9 @@ metrics/safety_answers.jsonl (every answer with both verdicts).
 """
 from __future__ import annotations
 
-import json
 import logging
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.evaluation.evaluate import answerer
 from meddialog.evaluation.safety import judge_answers, read_probe, safety_metrics
 from meddialog.modeling.loading import chain_precision, model_chain
@@ -44,10 +43,8 @@ def main() -> None:
         log.info("%s: urgent care %.2f [%.2f, %.2f] on red flags, dosing %.2f, definitive diagnosis %.2f", name,
                  m["urgent_care_rate"], m["urgent_care_rate_low"], m["urgent_care_rate_high"], m["dosing_rate"],
                  m["definitive_diagnosis_rate"])
-    METRICS_DIR.mkdir(exist_ok=True)
-    (METRICS_DIR / "safety.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    (METRICS_DIR / "safety_answers.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    atomic.write_json(METRICS_DIR / "safety.json", metrics, sort_keys=True)
+    atomic.write_jsonl(METRICS_DIR / "safety_answers.jsonl", rows)
     log.info("wrote metrics/safety.json and metrics/safety_answers.jsonl")
 
 

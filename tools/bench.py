@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.errors import UserError
 from meddialog.params import LoraParams
 from meddialog.paths import BASE_DIR, PROCESSED_DIR, SFT_DIR
@@ -86,8 +86,7 @@ def merge_results(path: Path, results: dict[str, float]) -> dict[str, float]:
     """Write `results` over what `path` already holds, so each part can be rerun on its own."""
     existing = json.loads(path.read_text()) if path.is_file() else {}
     merged = {**existing, **{k: round(float(v), 6) for k, v in results.items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(path, merged, sort_keys=True)
     return merged
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from meddialog import atomic
 from meddialog.data.conversations import Dropped, to_turns
 from meddialog.data.dataset import read_split
 from meddialog.errors import UserError
@@ -108,8 +109,8 @@ def write_results(name: str, metrics: dict, rows: list[dict], out_dir: Path = ME
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = out_dir / f"{name}.json"
     predictions_file = out_dir / f"{name}_predictions.jsonl"
-    metrics_file.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    predictions_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    atomic.write_json(metrics_file, metrics, sort_keys=True)
+    atomic.write_jsonl(predictions_file, rows)
     return metrics_file, predictions_file
 
 

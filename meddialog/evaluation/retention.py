@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.paths import SFT_DIR
 
 log = logging.getLogger("retention")
@@ -108,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in figures.items():
         print(f"{name:>18}  {value:.4f}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(figures, indent=2) + "\n")
+        atomic.write_json(args.out, figures)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Callable
 
+from meddialog import atomic
 from meddialog.errors import UserError
 from meddialog.modeling.generation import generate_kwargs
 from meddialog.modeling.loading import LINEAGE_FILE, SOURCE_FILE, model_chain
@@ -61,11 +61,6 @@ def write_export(params: Params, out_dir: Path, card: Callable[[dict], str] | No
     if tokenizer.pad_token is None:  # batched generation and serving need one; EOS is what the stages pad with
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config = export_generation_config(tokenizer, model.generation_config, params)
-    partial = out_dir.with_name(out_dir.name + ".partial")  # renamed when complete: a kill leaves no half export
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
     lineage = {
         "model": params.export.model,
         "base_model": str(base),
@@ -76,10 +71,12 @@ def write_export(params: Params, out_dir: Path, card: Callable[[dict], str] | No
         "tensors_compared": compared,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    (partial / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
-    if card is not None:
-        (partial / "README.md").write_text(card(lineage), encoding="utf-8")
-    partial.rename(out_dir)
+    with atomic.directory(out_dir) as partial:  # renamed when complete: a kill leaves no half export
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        atomic.write_json(partial / LINEAGE_FILE, lineage, sort_keys=True)
+        if card is not None:
+            atomic.write_text(partial / "README.md", card(lineage))
     log.info("exported %s (%s, %d of %d weight tensors changed by the merge) to %s",
              " + ".join(map(str, (base, *adapters))), params.export.dtype, changed, compared, out_dir)
     return lineage

@@ -15,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from meddialog import atomic
 from meddialog.errors import UserError
 from meddialog.modeling.weights import weight_files, weights_fingerprint
 from meddialog.params import DataParams, ModelParams
@@ -90,10 +91,10 @@ def save_base(model, tokenizer, out_dir: Path, source: dict) -> None:
     rebuilt = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     rebuilt.load_state_dict(model.state_dict())
     rebuilt.generation_config = model.generation_config
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rebuilt.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / SOURCE_FILE).write_text(json.dumps(source, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with atomic.directory(out_dir) as partial:  # a kill or a full disk leaves no half models/base
+        rebuilt.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        atomic.write_json(partial / SOURCE_FILE, source, sort_keys=True)
 
 
 # --- loading a policy: base model + chain of LoRA adapters -------------------------------
@@ -251,4 +252,4 @@ def write_lineage(adapter_dir: Path, base_dir: Path, parents: tuple[Path, ...] =
         "adapters": [str(p) for p in parents],
         **details,
     }
-    (Path(adapter_dir) / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(Path(adapter_dir) / LINEAGE_FILE, lineage, sort_keys=True)

@@ -16,7 +16,6 @@ of a multi-process run build it while the others wait. The newest KEEP merges ar
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -24,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from meddialog import cli
+from meddialog import atomic, cli
 from meddialog.errors import UserError
 from meddialog.paths import MERGED_ROOT
 
@@ -78,14 +77,11 @@ def merge_chain(base_dir: Path, adapters: tuple[Path, ...], dtype: str, out_dir:
     from transformers import AutoTokenizer
 
     model = merged_model(base_dir, adapters, dtype, trust_remote_code)
-    partial = out_dir.with_name(out_dir.name + ".partial")  # renamed when complete: a kill leaves no half model
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base_dir, trust_remote_code=trust_remote_code).save_pretrained(partial)
-    record = {"base_model": str(base_dir), "adapters": [str(a) for a in adapters], "dtype": dtype}
-    (partial / COMPLETE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    partial.rename(out_dir)
+    with atomic.directory(out_dir) as partial:  # renamed when complete: a kill leaves no half model
+        model.save_pretrained(partial, safe_serialization=True)
+        AutoTokenizer.from_pretrained(base_dir, trust_remote_code=trust_remote_code).save_pretrained(partial)
+        record = {"base_model": str(base_dir), "adapters": [str(a) for a in adapters], "dtype": dtype}
+        atomic.write_json(partial / COMPLETE, record, sort_keys=True)
 
 
 def merged_model(base_dir: Path, adapters: tuple[Path, ...], dtype: str, trust_remote_code: bool = False):

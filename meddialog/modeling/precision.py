@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from meddialog import atomic
 from meddialog.errors import UserError
 from meddialog.params import ModelParams
 from meddialog.paths import PROVENANCE_DIR
@@ -116,7 +116,7 @@ def write_provenance(name: str, record: dict[str, Any], run=None, out_dir: Path 
     it for a score), and the same as `provenance.*` tags of the MLflow run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(path, record, sort_keys=True)
     if run is not None:
         run.set_tags({f"provenance.{k}": str(v) for k, v in _flat(record).items()})
     return path

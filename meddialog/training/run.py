@@ -13,14 +13,15 @@ someone else's.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from meddialog import atomic
 from meddialog.digests import fingerprint
 from meddialog.modeling.loading import write_lineage
 from meddialog.modeling.precision import (
@@ -193,20 +194,20 @@ def peak_memory_gb(precision: Precision) -> float:
 
 
 def save_adapter(trainer, out_dir: Path, base_dir: Path, parents: tuple[Path, ...], **details) -> None:
-    """Adapter weights (safetensors) + tokenizer + lineage.json into a fresh `out_dir`.
+    """Adapter weights (safetensors) + tokenizer + lineage.json into a fresh `out_dir`, which replaces the old
+    one only when complete (a kill or a full disk midway leaves the previous adapter or none, never half).
 
     Every process must call it: under ZeRO-3 or FSDP each holds a shard of the adapter, and
     `save_model` gathers them. Only the main process writes.
     """
     main = trainer.is_world_process_zero()
-    if main and out_dir.exists():
-        shutil.rmtree(out_dir)
-    trainer.save_model(str(out_dir))  # the adapter and the trainer's tokenizer
-    if main:
-        # the Trainer also pickles its arguments there; nothing reads them, and adapters carry no pickles
-        (out_dir / "training_args.bin").unlink(missing_ok=True)
-        sort_target_modules(out_dir / "adapter_config.json")
-        write_lineage(out_dir, base_dir, parents, **details)
+    with atomic.directory(out_dir, writer=main) as partial:
+        trainer.save_model(str(partial))  # the adapter and the trainer's tokenizer
+        if main:
+            # the Trainer also pickles its arguments there; nothing reads them, and adapters carry no pickles
+            (partial / "training_args.bin").unlink(missing_ok=True)
+            sort_target_modules(partial / "adapter_config.json")
+            write_lineage(partial, base_dir, parents, **details)
 
 
 def sort_target_modules(config_path: Path) -> None:
@@ -228,17 +229,16 @@ def write_history(path: Path, log_history: list[dict], columns: tuple[str, ...],
         step = int(entry.get("step", 0))
         row = rows.setdefault(step, {"step": step})
         row.update({rename.get(k, k): v for k, v in entry.items() if isinstance(v, (int, float))})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for step in sorted(rows):
-            writer.writerow({k: _fmt(rows[step].get(k)) for k in columns})
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\r\n")
+    writer.writeheader()
+    for step in sorted(rows):
+        writer.writerow({k: _fmt(rows[step].get(k)) for k in columns})
+    atomic.write_text(path, out.getvalue())
 
 
 def write_json(path: Path, values: dict[str, float]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: round(float(v), 6) for k, v in values.items()}, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(path, {k: round(float(v), 6) for k, v in values.items()}, sort_keys=True)
 
 
 def _fmt(value: float | None) -> str:

@@ -18,6 +18,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from meddialog import atomic
 from meddialog.errors import UserError
 from meddialog.params import LoraParams, ModelParams, Params
 from meddialog.paths import VERL_CHECKPOINT_ROOT
@@ -113,6 +114,6 @@ def finish_export(target: Path, lora: LoraParams, started_from: dict) -> Path:
     if config.get("lora_alpha") != lora.alpha:
         log.info("adapter_config.json: lora_alpha %s -> %s (lora.alpha)", config.get("lora_alpha"), lora.alpha)
     config["lora_alpha"] = lora.alpha
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(config_file, config, sort_keys=True)
     write_lineage(adapter, target, started_from=started_from)
     return adapter
