@@ -8,6 +8,7 @@ from tests.conftest import make_adapter, mlflow_runs, read_jsonl, run_stage, wri
 
 METRIC_KEYS = {"bleu", "sentence_bleu", "rouge1", "rouge2", "rougeL", "similarity", "answer_words_mean",
                "answer_words_median", "repetition", "empty_rate", "num_samples"}
+ADAPTER_SCALE = 0.5  # lora_B noise large enough to change the tiny model's greedy answers
 
 
 def test_baseline_stage_writes_metrics_predictions_and_an_mlflow_run(tiny_project):
@@ -33,14 +34,22 @@ def test_selection_is_seeded_and_the_same_for_every_model(tiny_project):
 
 def test_eval_stage_compares_base_sft_and_grpo(tiny_project, monkeypatch):
     monkeypatch.chdir(tiny_project)  # lineage paths are relative to the repository root
-    make_adapter("models/base", tiny_project / "models" / "sft")
-    make_adapter("models/base", tiny_project / "models" / "grpo", parents=("models/sft",))
+    # trained-like adapters (seeded non-zero lora_B): an untrained one is an exact no-op, and this test would
+    # then pass with no adapter applied at all
+    make_adapter("models/base", tiny_project / "models" / "sft", lora_b_scale=ADAPTER_SCALE, seed=1)
+    make_adapter("models/base", tiny_project / "models" / "grpo", parents=("models/sft",), lora_b_scale=ADAPTER_SCALE,
+                 seed=2)
     assert run_stage("baseline", tiny_project).returncode == 0
     result = run_stage("eval", tiny_project)
     assert result.returncode == 0, result.stderr
+    rows = {name: read_jsonl(tiny_project / "metrics" / f"{name}_predictions.jsonl") for name in ("baseline", "sft", "grpo")}
     for name in ("sft", "grpo"):
         assert set(json.loads((tiny_project / "metrics" / f"{name}.json").read_text())) == METRIC_KEYS
-        assert len(read_jsonl(tiny_project / "metrics" / f"{name}_predictions.jsonl")) == 6
+        assert len(rows[name]) == 6
+    # every model answers the same conversations, and each adapter of the chain changes the answers
+    assert [r["id"] for r in rows["baseline"]] == [r["id"] for r in rows["sft"]] == [r["id"] for r in rows["grpo"]]
+    answers = {name: [r["prediction"] for r in model_rows] for name, model_rows in rows.items()}
+    assert answers["sft"] != answers["baseline"] and answers["grpo"] != answers["sft"]
     comparison = json.loads((tiny_project / "metrics" / "comparison.json").read_text())
     for metric in REPORT_METRICS:
         assert {f"{metric}.baseline", f"{metric}.sft", f"{metric}.grpo"} <= set(comparison)
@@ -89,11 +98,14 @@ def test_evaluator_on_a_model_directory_and_an_adapter(tiny_project, tmp_path, m
     assert len(read_jsonl(out.with_name("base_predictions.jsonl"))) == 3
 
     monkeypatch.chdir(tiny_project)
-    make_adapter("models/base", tiny_project / "models" / "sft")
+    make_adapter("models/base", tiny_project / "models" / "sft", lora_b_scale=ADAPTER_SCALE)
     result = run_stage("tools.evaluate", tiny_project, "--model-path", "models/sft", "--test-data", str(test_file),
-                       "--num-samples", "2", "--out", str(tmp_path / "sft.json"), "--max-new-tokens", "6")
+                       "--num-samples", "3", "--out", str(tmp_path / "sft.json"), "--max-new-tokens", "6")
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "sft.json").read_text())["num_samples"] == 2
+    assert json.loads((tmp_path / "sft.json").read_text())["num_samples"] == 3
+    base_rows, sft_rows = read_jsonl(out.with_name("base_predictions.jsonl")), read_jsonl(tmp_path / "sft_predictions.jsonl")
+    assert [r["id"] for r in sft_rows] == [r["id"] for r in base_rows]  # the same seeded selection
+    assert [r["prediction"] for r in sft_rows] != [r["prediction"] for r in base_rows]  # the adapter was applied
 
 
 def test_evaluator_reads_raw_tutorial_json(tiny_project, tmp_path):
