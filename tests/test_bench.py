@@ -5,7 +5,7 @@ import json
 import pytest
 
 from meddialog.params import LoraParams
-from tests.conftest import REPO, run_stage
+from tests.conftest import run_stage
 from tools.bench import (
     Geometry,
     main,
@@ -66,12 +66,11 @@ def test_safetensors_header_is_read_without_loading_weights(tmp_path):
     assert safetensors_shapes(tmp_path) == {"a.weight": [3, 2], "b.bias": [5]}
 
 
-@pytest.mark.skipif(not (REPO / "models/base/config.json").is_file(), reason="models/base not built")
-def test_embedded_model_counts_match_a_hand_count():
-    config = json.loads((REPO / "models/base/config.json").read_text())
-    if config["hidden_size"] != 576:
-        pytest.skip("models/base is not the embedded SmolLM2-135M")
-    geometry = model_geometry(safetensors_shapes(REPO / "models/base"), config, LoraParams(
+@pytest.mark.slow
+def test_embedded_model_counts_match_a_hand_count(embedded_base_dir):
+    """On the embedded SmolLM2-135M as the base_model stage writes it (a session fixture, so CI runs it too)."""
+    config = json.loads((embedded_base_dir / "config.json").read_text())
+    geometry = model_geometry(safetensors_shapes(embedded_base_dir), config, LoraParams(
         r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     # per layer: q, o 576², k, v 576×192, gate, up, down 576×1536; 30 layers; tied head 49152×576
     assert geometry.matmul_params == 30 * (2 * 576 ** 2 + 2 * 576 * 192 + 3 * 576 * 1536) + 49152 * 576
