@@ -73,8 +73,9 @@ def small_disk(tmp_path):
         mounted.append(path)
         return path
     yield mount
-    for path in reversed(mounted):
-        subprocess.run(["umount", str(path)], check=False)
+    for path in dict.fromkeys(reversed(mounted)):
+        # lazy: this process may still map a file there (safetensors mmaps the weights it loads)
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
 
 
 @pytest.mark.slow

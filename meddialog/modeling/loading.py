@@ -66,8 +66,15 @@ def load_source_model(model: ModelParams, data: DataParams):
         )
         kwargs, location, revision = {"use_safetensors": True}, model.name, model.revision
     common = {"revision": revision, "trust_remote_code": model.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(location, **common, **kwargs)
-    loaded = AutoModelForCausalLM.from_pretrained(location, dtype="auto", **common, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **common, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(location, dtype="auto", **common, **kwargs)
+    except ValueError as err:
+        if "contains custom code" not in str(err):
+            raise
+        # transformers refused before importing anything: the gate held; say which param opens it
+        raise UserError(f"model.name: {model.name} ships its own model code (auto_map in its config.json), which "
+                        "runs only with model.trust_remote_code: true; set that only for code you have read") from None
     return loaded, tokenizer
 
 
