@@ -52,7 +52,7 @@ def main() -> None:
         splits = split_records(records, data.split, params.seed)
         splits["train_small"] = seeded_subset(splits["train"], data.grpo_subset_size, params.seed)
         for name, split_records_ in splits.items():
-            write_jsonl(PROCESSED_DIR / source / f"{name}.jsonl", split_records_)
+            atomic.write_jsonl(PROCESSED_DIR / source / f"{name}.jsonl", split_records_)
         report.splits = {name: len(splits[name]) for name in SPLITS}
         assert report.kept == sum(report.splits.values()), "every kept record is in exactly one split"
         for name in SPLITS:
@@ -64,10 +64,6 @@ def main() -> None:
     write_verl_parquet(combined, VERL_DATA_DIR)
     atomic.write_json(METRICS_FILE, {**totals.as_metrics(""), **metrics})
     log.info("total: %d in, %d kept, %d dropped", totals.records_in, totals.kept, sum(totals.dropped.values()))
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    atomic.write_jsonl(path, records)
 
 
 def _add(totals: SourceReport, report: SourceReport) -> None:
