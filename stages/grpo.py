@@ -175,11 +175,13 @@ def reward_summary(done: Trained, names: list[str], batch: int) -> dict[str, flo
     """The summary's GRPO values: time per step, generated tokens, and the rewards of the first and last
     quarter of the steps (each reward component's over the last quarter)."""
     steps = [e for e in done.trainer.state.log_history if "reward" in e]
-    # each step's mean completion length × completions per step (all processes); rates count
-    # only the steps this run took (a resumed run's history holds the earlier ones too)
-    generated = batch * sum(e.get("completions/mean_length", 0.0) for e in steps if e["step"] > done.resumed_at)
+    # each step's mean completion length × completions per step (all processes). A resumed run's
+    # history holds the earlier steps too: the total counts them (it is the run's, equal to an
+    # uninterrupted run's), the rates only the steps this process took in its runtime
+    tokens = [batch * e.get("completions/mean_length", 0.0) for e in steps]
+    generated_here = sum(t for t, e in zip(tokens, steps) if e["step"] > done.resumed_at)
     return {"seconds_per_step": done.runtime_s / max(done.trainer.state.global_step - done.resumed_at, 1),
-            "generated_tokens": generated, "generated_tokens_per_s": generated / done.runtime_s,
+            "generated_tokens": sum(tokens), "generated_tokens_per_s": generated_here / done.runtime_s,
             **_quarters(steps, "reward"),
             **{f"reward_{n}": _last_quarter_mean(steps, f"rewards/{n}/mean") for n in names}}
 

@@ -129,13 +129,18 @@ def loss_and_tokens(done: Trained) -> dict[str, float]:
     """The summary's SFT values: loss, epochs and tokens, the rate over this run's tokens only.
 
     TRL's num_tokens counts real tokens (of all processes); the Trainer's num_input_tokens_seen
-    includes padding. A resumed run's history holds the earlier steps too.
+    includes padding. A resumed run's history holds the steps before the kill too, but TRL's count
+    restarts at 0 in the resumed process (trl 1.16 does not checkpoint it): the run's tokens are those
+    logged before the resume plus this process's. The kill suite (tools/kill_suite.py) checks that a
+    resumed run's summary equals an uninterrupted run's.
     """
+    from meddialog.training.run import mean_train_loss
+
     history = done.trainer.state.log_history
-    tokens = _real_tokens(history)
     tokens_before = _real_tokens(e for e in history if e.get("step", 0) <= done.resumed_at)
-    return {"train_loss": done.result.training_loss, "epochs": done.trainer.state.epoch or 0.0,
-            "tokens_seen": tokens, "tokens_per_s": (tokens - tokens_before) / done.runtime_s}
+    tokens_here = _real_tokens(e for e in history if e.get("step", 0) > done.resumed_at)
+    return {"train_loss": mean_train_loss(history), "epochs": done.trainer.state.epoch or 0.0,
+            "tokens_seen": tokens_before + tokens_here, "tokens_per_s": tokens_here / done.runtime_s}
 
 
 def _real_tokens(log_history) -> float:

@@ -184,10 +184,10 @@ TINY_PIPELINE = {
     "knowledge.limit": 8}
 
 
-def sh(*args, cwd):
+def sh(*args, cwd, env: dict | None = None):
     """A command as a user types it, with this virtualenv's tools (dvc, python) first on PATH."""
     env = {**os.environ, **GIT_ENV, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": ""}
+           "PYTHONPATH": "", **(env or {})}
     return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -109,8 +109,8 @@ def test_sft_is_deterministic_on_cpu(tiny_project):
 
 
 @pytest.mark.slow
-def test_killed_sft_run_resumes_from_its_last_checkpoint(tiny_project):
-    tiny_sft_params(tiny_project, **{"sft.max_steps": 30, "sft.save_steps": 1, "sft.eval_steps": 30})
+def test_killed_sft_run_resumes_from_its_last_checkpoint_to_the_uninterrupted_result(tiny_project):
+    tiny_sft_params(tiny_project, **{"sft.max_steps": 12, "sft.save_steps": 1, "sft.eval_steps": 12})
     env = {"PYTHONPATH": str(REPO)}
     import os
 
@@ -129,9 +129,22 @@ def test_killed_sft_run_resumes_from_its_last_checkpoint(tiny_project):
     assert "Can't find a valid checkpoint" not in result.stderr
     summary = json.loads((tiny_project / "metrics" / "sft_train.json").read_text())
     resumed_at = int(re.search(r"resuming from \S+checkpoint-(\d+)", result.stderr).group(1))
-    assert summary["steps"] == 30 and summary["resumed_from_step"] == resumed_at >= 1
+    assert summary["steps"] == 12 and summary["resumed_from_step"] == resumed_at >= 1
     # the rate covers the tokens this run trained on, not those before the kill
     assert summary["tokens_per_s"] * summary["train_runtime_s"] < summary["tokens_seen"] - 1
+    adapter = (tiny_project / "models" / "sft" / "adapter_model.safetensors").read_bytes()
+    history = (tiny_project / "metrics" / "sft_history.csv").read_text()
+
+    # the same params again: the finished run's checkpoints are cleared and it trains from the start
+    fresh = run_stage("sft", tiny_project)
+    assert fresh.returncode == 0 and "is the end of a finished run" in fresh.stderr, fresh.stderr[-3000:]
+    uninterrupted = json.loads((tiny_project / "metrics" / "sft_train.json").read_text())
+    assert uninterrupted["resumed_from_step"] == 0
+    assert (tiny_project / "models" / "sft" / "adapter_model.safetensors").read_bytes() == adapter
+    assert (tiny_project / "metrics" / "sft_history.csv").read_text() == history
+    # the resumed run's summary covers the whole run, not only the steps after the kill
+    for key in ("train_loss", "tokens_seen", "eval_loss", "lora_A_relative_change", "lora_B_change"):
+        assert summary[key] == pytest.approx(uninterrupted[key], rel=1e-6), key
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path):
@@ -145,17 +158,26 @@ def test_incomplete_checkpoints_are_skipped(tmp_path):
     assert last_checkpoint(tmp_path / "missing", "auto") is None
 
 
-def test_a_finished_run_is_not_resumed(tmp_path):
-    """HF's Trainer resumed from a run's last checkpoint takes one step past max_steps."""
+def test_a_finished_run_is_not_resumed_and_its_checkpoints_are_cleared(tmp_path):
+    """HF's Trainer resumed from a run's last checkpoint takes one step past max_steps; the fresh run
+    must not write over the finished run's checkpoint directories in place (a kill midway would leave
+    new weights beside an old trainer_state.json)."""
     from meddialog.training.run import last_checkpoint
 
-    for step in (12, 24):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(
-            json.dumps({"global_step": step, "max_steps": 24}))
+    def checkpoints():
+        for step in (12, 24):
+            (tmp_path / f"checkpoint-{step}").mkdir()
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(
+                json.dumps({"global_step": step, "max_steps": 24}))
+
+    checkpoints()
+    (tmp_path / "README.md").write_text("not a checkpoint")
     assert last_checkpoint(tmp_path, "auto") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]
+    checkpoints()
     (tmp_path / "checkpoint-24" / "trainer_state.json").unlink()  # killed while saving the last one
     assert last_checkpoint(tmp_path, "auto") == str(tmp_path / "checkpoint-12")
+    assert (tmp_path / "checkpoint-24").is_dir()  # rewritten in full when the resumed run reaches it
 
 
 @pytest.mark.slow

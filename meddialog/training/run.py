@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,7 @@ class TrainingRun:
             lora_change = lora_change_callback()
             trainer = build_trainer([mlflow_callback(run), *callbacks, lora_change])
             keep_lora_float32(trainer)
+            lora_change.capture(trainer.model)
             self.log.info("%s", announcement)
 
             resume_from = last_checkpoint(Path(config.output_dir), self.settings.resume)
@@ -154,7 +156,10 @@ def last_checkpoint(directory: Path, resume: str) -> str | None:
     newest checkpoint is its last step (global_step >= max_steps: it finished, and the stage is
     rerun with the same params and data, e.g. after a code edit) starts afresh: the Trainer resumed
     from it takes one step past max_steps (25 of 24), silently changing the adapter; a fresh run
-    gives the finished run's result again (deterministic on CPU).
+    gives the finished run's result again (deterministic on CPU). The finished run's checkpoints are
+    deleted first: the Trainer writes over a checkpoint directory in place, so a fresh run killed
+    while rewriting checkpoint-2 would leave new weights beside the old trainer_state.json, and the
+    old run's last checkpoint would make every rerun start afresh instead of resuming.
     """
     if resume != "auto" or not directory.is_dir():
         return None
@@ -168,10 +173,25 @@ def last_checkpoint(directory: Path, resume: str) -> str | None:
         state = json.loads(state_file.read_text())
         if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
             log.info("%s is the end of a finished run with these params: training again from the start", candidate)
+            for finished in candidates:
+                shutil.rmtree(finished)
             return None
         log.info("resuming from %s", candidate)
         return str(candidate)
     return None
+
+
+def mean_train_loss(log_history: list[dict]) -> float:
+    """The run's mean training loss per optimizer step, from its log history (each logged `loss` is the
+    mean since the previous log). The Trainer's own `training_loss` averages only the steps of the
+    process that returns it, so a resumed run would report the loss of the steps after the kill."""
+    total, steps, last = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            steps += entry["step"] - last
+            last = entry["step"]
+    return total / max(steps, 1)
 
 
 def steps_done(checkpoint: str | None) -> int:

@@ -75,9 +75,12 @@ def keep_lora_float32(trainer) -> int:
 
 def lora_change_callback():
     """A TrainerCallback measuring how far training moved the LoRA weights: `lora_A_relative_change`
-    (‖A − A₀‖ / ‖A₀‖) and `lora_B_change` (‖B − B₀‖; PEFT starts B at 0), over this process's steps.
-    The evidence that updates are not rounded away (keep_lora_float32): 0 means the adapter did not train.
-    FSDP's flat parameters carry no LoRA names, so nothing is measured there."""
+    (‖A − A₀‖ / ‖A₀‖) and `lora_B_change` (‖B − B₀‖; PEFT starts B at 0), from the adapter as built to
+    the end of training. The evidence that updates are not rounded away (keep_lora_float32): 0 means the
+    adapter did not train. `capture(model)` takes A₀ and B₀ once the trainer is built, before `train()`:
+    a resumed run has loaded its checkpoint by the time training begins, while the freshly built
+    adapter is the seeded one the run started from. FSDP's flat parameters carry no LoRA names, so
+    nothing is measured there."""
     from transformers import TrainerCallback
 
     class LoraChange(TrainerCallback):
@@ -85,18 +88,19 @@ def lora_change_callback():
             self.start: dict[str, Any] = {}
             self.result: dict[str, float] = {}
 
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
+        def capture(self, model) -> None:
             self.start = {name: p.detach().float().cpu().clone() for name, p in model.named_parameters()
                           if p.requires_grad and ("lora_A" in name or "lora_B" in name)}
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
-            if not self.start:
-                return
             now = {name: p.detach().float().cpu() for name, p in model.named_parameters() if name in self.start}
+            if not now:
+                return
             sums = {"A": [0.0, 0.0], "B": [0.0, 0.0]}  # squared norms of the change and of the start
-            for name, start in self.start.items():
+            for name, value in now.items():
+                start = self.start[name]
                 kind = sums["A" if "lora_A" in name else "B"]
-                kind[0] += float((now[name] - start).pow(2).sum())
+                kind[0] += float((value - start).pow(2).sum())
                 kind[1] += float(start.pow(2).sum())
             self.result = {"lora_A_relative_change": math.sqrt(sums["A"][0] / max(sums["A"][1], 1e-30)),
                            "lora_B_change": math.sqrt(sums["B"][0])}
