@@ -66,3 +66,21 @@ def test_all_reward_weights_zero_is_a_clear_error(tiny_project, monkeypatch):
     write_params(tiny_project, **zeros)
     result = run_stage("grpo", tiny_project)
     assert result.returncode == 1 and "every weight is 0" in result.stderr
+
+
+def test_the_zero_spread_warning_is_given_once_above_its_threshold(caplog):
+    """Most prompt groups with identical rewards: GRPO's advantages are zero there, nothing is learned."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from stages.grpo import ZERO_STD_WARNING, zero_spread_warning
+
+    callback, state = zero_spread_warning(), TrainerState()
+    args, control = TrainingArguments(output_dir="unused", report_to=[]), TrainerControl()
+    with caplog.at_level("WARNING"):
+        for step, share in enumerate([ZERO_STD_WARNING, 0.0, 0.75, 1.0], start=1):
+            state.global_step = step
+            callback.on_log(args, state, control, logs={"frac_reward_zero_std": share, "reward": 0.1})
+        callback.on_log(args, state, control, logs={"loss": 0.1})  # a log without the share
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "grpo"]
+    assert len(warnings) == 1 and warnings[0].startswith("75% of prompt groups got identical rewards at step 3")
+    assert "grpo.num_generations" in warnings[0]

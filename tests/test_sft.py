@@ -2,6 +2,7 @@
 import csv
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,3 +194,25 @@ def test_rerunning_a_finished_sft_gives_the_same_adapter_not_an_extra_step(tiny_
         runs.append((summary["steps"], (tiny_project / "models/sft/adapter_model.safetensors").read_bytes()))
     assert "end of a finished run" in result.stderr
     assert runs[0] == runs[1] and runs[1][0] == 2
+
+
+@pytest.mark.slow
+def test_changed_params_start_afresh_beside_the_other_runs_checkpoints(tiny_project):
+    """A checkpoint is resumed only by the params and data that wrote it: another learning rate trains from
+    step 0 in its own directory, and the first run's resumable checkpoint stays for its params."""
+    from meddialog.training.run import last_checkpoint
+
+    tiny_sft_params(tiny_project, **{"sft.max_steps": 2, "sft.save_steps": 1, "sft.eval_steps": 2})
+    assert run_stage("sft", tiny_project).returncode == 0
+    [first] = list((tiny_project / "scratch" / "checkpoints").glob("sft-*"))
+    shutil.rmtree(first / "checkpoint-2")  # as if killed after step 1: checkpoint-1 is where it would resume
+    assert last_checkpoint(first, "auto") == str(first / "checkpoint-1")
+
+    tiny_sft_params(tiny_project, **{"sft.max_steps": 2, "sft.save_steps": 1, "sft.eval_steps": 2, "sft.lr": 1e-3})
+    result = run_stage("sft", tiny_project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" not in result.stderr
+    assert json.loads((tiny_project / "metrics" / "sft_train.json").read_text())["resumed_from_step"] == 0
+    runs = sorted(p.name for p in (tiny_project / "scratch" / "checkpoints").glob("sft-*"))
+    assert len(runs) == 2 and first.name in runs
+    assert last_checkpoint(first, "auto") == str(first / "checkpoint-1")  # untouched
