@@ -142,14 +142,33 @@ def make_adapter(base_dir: Path, out_dir: Path, parents: tuple = (), lora_b_scal
     return out_dir
 
 
+# what download and process write (no absolute path, no MLflow run), copied into each tiny project
+DATA_OUTPUTS = ("data/raw", "data/processed", "data/verl", "metrics/data.json")
+
+
+@pytest.fixture(scope="session")
+def processed_sample(tmp_path_factory) -> Path:
+    """download and process of the embedded sample with the default data params, once per session (the
+    stages' own tests, test_download / test_process / test_sample_data, run them each time)."""
+    root = tmp_path_factory.mktemp("processed-sample")
+    shutil.copytree(REPO / "data" / "sample", root / "data" / "sample")
+    write_params(root)
+    for stage in ("download", "process"):
+        result = run_stage(stage, root)
+        assert result.returncode == 0, result.stderr
+    return root
+
+
 @pytest.fixture
-def tiny_project(project, tiny_model_dir) -> Path:
-    """A scratch project with processed data and the tiny model as models/base."""
+def tiny_project(project, tiny_model_dir, processed_sample) -> Path:
+    """A scratch project with processed data (the session's copy: the same params give the same files) and
+    the tiny model as models/base."""
     write_params(project, **{"baseline.num_samples": 6, "eval.num_samples": 6, "generation.max_new_tokens": 8,
                              "generation.batch_size": 4})
-    for stage in ("download", "process"):
-        result = run_stage(stage, project)
-        assert result.returncode == 0, result.stderr
+    for output in DATA_OUTPUTS:
+        source, target = processed_sample / output, project / output
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
     shutil.copytree(tiny_model_dir, project / "models" / "base")
     return project
 

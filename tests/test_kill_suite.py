@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import REPO, commit, ok, sh
+from tests.conftest import REPO, clone_with_cache, commit, ok, sh
 from tools.kill_suite import Entry, belongs_to, differing_parts
 
 # Counts to 5 in out.txt, noting its progress after every line. RESUME=1 continues from the note a killed run
@@ -50,7 +50,7 @@ def counting_project(tmp_path, resume: str):
 def kill_suite(root, *args):
     report = root.parent / f"{root.name}.json"
     report.unlink(missing_ok=True)
-    result = sh(sys.executable, "-m", "tools.kill_suite", "--stages", "count", "--report", str(report), *args,
+    result = sh(sys.executable, "-m", "tools.kill_suite", "--report", str(report), *args,
                 cwd=root, env={"PYTHONPATH": str(REPO)})
     return result, json.loads(report.read_text()) if report.exists() else None
 
@@ -60,7 +60,7 @@ def test_the_suite_fails_a_rerun_that_trusts_a_killed_runs_progress(tmp_path):
     # before the 3rd note: lines 0, 1 and 2 are written, the note says 2
     at = "write scratch/checkpoints/progress 3"
     trusting = counting_project(tmp_path, "1")
-    result, report = kill_suite(trusting, "--at", at)
+    result, report = kill_suite(trusting, "--stages", "count", "--at", at)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: 1 kill point(s) failed: count at {at}"
     [point] = report
@@ -71,7 +71,7 @@ def test_the_suite_fails_a_rerun_that_trusts_a_killed_runs_progress(tmp_path):
     assert (trusting / "out.txt").read_text() == "2\n3\n4\n"
 
     careful = counting_project(tmp_path, "0")
-    result, report = kill_suite(careful, "--at", at)
+    result, report = kill_suite(careful, "--stages", "count", "--at", at)
     assert result.returncode == 0, result.stdout + result.stderr
     [point] = report
     assert point["reached"] and point["passed"] and point["left"] == []
@@ -82,15 +82,16 @@ def test_the_suite_fails_a_rerun_that_trusts_a_killed_runs_progress(tmp_path):
 @pytest.mark.slow
 def test_drawn_points_are_the_stages_own_writes_and_a_stale_project_is_refused(tmp_path):
     root = counting_project(tmp_path, "0")
-    result, report = kill_suite(root, "--points", "3", "--moments", "0", "--seed", "4")
+    result, report = kill_suite(root, "--stages", "count", "--points", "3", "--moments", "0", "--seed", "4")
     assert result.returncode == 0, result.stdout + result.stderr
     drawn = [p["at"] for p in report]
     assert len(drawn) == 3 and all(at.split()[1] in ("out.txt", "scratch/checkpoints/progress", "dvc.lock")
                                    for at in drawn), drawn
-    assert drawn == [p["at"] for p in kill_suite(root, "--points", "3", "--moments", "0", "--seed", "4")[1]]
+    again = kill_suite(root, "--stages", "count", "--points", "3", "--moments", "0", "--seed", "4")[1]
+    assert drawn == [p["at"] for p in again]
 
     (root / "count.py").write_text(COUNT + "# edited\n")
-    result, report = kill_suite(root)
+    result, report = kill_suite(root, "--stages", "count")
     assert result.returncode == 1 and report is None
     assert "dvc status is not clean (count): run `dvc repro` first" in result.stderr
 
@@ -120,3 +121,14 @@ def test_a_stages_writes_are_its_outputs_their_partials_checkpoints_and_the_lock
     assert belongs_to("scratch/checkpoints/sft-1/checkpoint-2/optimizer.pt", outs)
     assert belongs_to("dvc.lock", outs)
     assert not belongs_to("models/sft_other/x", outs) and not belongs_to("metrics/grpo_train.json", outs)
+
+
+@pytest.mark.slow
+def test_the_tiny_pipeline_survives_seeded_kills_in_process_and_sft(tiny_run):
+    """The suite on the real stages (a clone of the tiny run): one seeded write each, then `dvc repro`."""
+    lab = clone_with_cache(tiny_run, "killed")
+    ok(sh("dvc", "repro", cwd=lab))  # models/base, never pushed
+    result, report = kill_suite(lab, "--stages", "process", "sft", "--points", "1", "--moments", "0", "--seed", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [p["stage"] for p in report] == ["process", "sft"] and all(p["reached"] and p["passed"] for p in report)
+    assert "2 of 2 kill points passed" in result.stdout
