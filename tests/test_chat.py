@@ -22,6 +22,7 @@ def chat(project, *args, stdin="", env=None):
                           env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
+@pytest.mark.slow
 def test_stdin_dialogue_answers_resets_and_exits(project, tiny_model_dir):
     write_params(project, **{"generation.max_new_tokens": 6})
     result = chat(project, "--model-path", str(tiny_model_dir), stdin="hello\n/reset\nwhat now?\n/help\n/exit\nnever read\n")
@@ -31,12 +32,14 @@ def test_stdin_dialogue_answers_resets_and_exits(project, tiny_model_dir):
     assert out.count("assistant> ") == 2 and "(new dialogue)" in out and "commands: /reset, /exit" in out
 
 
+@pytest.mark.slow
 def test_end_of_input_ends_the_chat_cleanly(project, tiny_model_dir):
     write_params(project, **{"generation.max_new_tokens": 4})
     result = chat(project, "--model-path", str(tiny_model_dir), stdin="hello\n")  # no /exit: EOF (Ctrl-D)
     assert result.returncode == 0 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_one_shot_prompt_prints_only_the_answer(project, tiny_model_dir):
     from meddialog.modeling.generation import generate
     from meddialog.modeling.loading import load_model
@@ -143,6 +146,7 @@ def _spawn_in_pty(project, *args):
     return pid, fd
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ending", ["\x04", "\x03"], ids=["ctrl-d", "ctrl-c"])
 def test_terminal_session(project, tiny_model_dir, ending):
     write_params(project, **{"generation.max_new_tokens": 6})

@@ -11,6 +11,7 @@ METRIC_KEYS = {"bleu", "sentence_bleu", "rouge1", "rouge2", "rougeL", "similarit
 ADAPTER_SCALE = 0.5  # lora_B noise large enough to change the tiny model's greedy answers
 
 
+@pytest.mark.slow
 def test_baseline_stage_writes_metrics_predictions_and_an_mlflow_run(tiny_project):
     result = run_stage("baseline", tiny_project, env={"DVC_EXP_NAME": "exp-test"})
     assert result.returncode == 0, result.stderr
@@ -24,6 +25,7 @@ def test_baseline_stage_writes_metrics_predictions_and_an_mlflow_run(tiny_projec
     assert run.data.params["generation.max_new_tokens"] == "8"
 
 
+@pytest.mark.slow
 def test_selection_is_seeded_and_the_same_for_every_model(tiny_project):
     assert run_stage("baseline", tiny_project).returncode == 0
     first = [r["id"] for r in read_jsonl(tiny_project / "metrics" / "baseline_predictions.jsonl")]
@@ -32,6 +34,7 @@ def test_selection_is_seeded_and_the_same_for_every_model(tiny_project):
     assert [r["id"] for r in again] == first
 
 
+@pytest.mark.slow
 def test_eval_stage_compares_base_sft_and_grpo(tiny_project, monkeypatch):
     monkeypatch.chdir(tiny_project)  # lineage paths are relative to the repository root
     # trained-like adapters (seeded non-zero lora_B): an untrained one is an exact no-op, and this test would
@@ -88,6 +91,7 @@ def test_eval_without_trained_models_is_one_line(tiny_project):
     assert "models/sft not found" in result.stderr
 
 
+@pytest.mark.slow
 def test_evaluator_on_a_model_directory_and_an_adapter(tiny_project, tmp_path, monkeypatch):
     test_file = tiny_project / "data" / "processed" / "medical_flashcards" / "test.jsonl"
     out = tmp_path / "out" / "base.json"
@@ -108,6 +112,7 @@ def test_evaluator_on_a_model_directory_and_an_adapter(tiny_project, tmp_path, m
     assert [r["prediction"] for r in sft_rows] != [r["prediction"] for r in base_rows]  # the adapter was applied
 
 
+@pytest.mark.slow
 def test_evaluator_reads_raw_tutorial_json(tiny_project, tmp_path):
     raw = [{"instruction": "Answer this question truthfully", "input": f"Question {i}?", "output": f"Answer {i}."}
            for i in range(4)]

@@ -44,6 +44,7 @@ def test_4bit_loads_nf4_on_cpu_not_a_float32_fallback(tiny_4bit_model_dir):
     assert not getattr(full, "is_loaded_in_4bit", False) and full.dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_chain_rule_keeps_the_adapter_under_4bit_and_merging_into_nf4_loses_it(chain, monkeypatch):
     """The model GRPO starts from (and evaluation scores) is the SFT model up to the quantization error;
     the old way, merging the adapter into NF4 weights, is measurably further away. Measured by

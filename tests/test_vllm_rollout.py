@@ -59,6 +59,7 @@ def test_setups_that_cannot_work_are_refused(precision, says):
     assert says in str(refused.value)
 
 
+@pytest.mark.slow
 def test_the_grpo_stage_refuses_use_vllm_on_the_cpu_before_loading(tiny_project):
     make_adapter(tiny_project / "models" / "base", tiny_project / "models" / "sft")
     write_params(tiny_project, **{"grpo.use_vllm": True, "grpo.max_steps": 1})
@@ -69,6 +70,7 @@ def test_the_grpo_stage_refuses_use_vllm_on_the_cpu_before_loading(tiny_project)
     assert "Loading weights" not in result.stderr and not (tiny_project / "models" / "grpo").exists()
 
 
+@pytest.mark.slow
 def test_a_stuck_step_ends_the_process_with_a_message():
     """No optimizer step within the timeout: the watchdog names the setting, dumps the stacks, exits 124."""
     script = textwrap.dedent("""
@@ -90,6 +92,7 @@ def test_a_stuck_step_ends_the_process_with_a_message():
     assert "trl#3671" in result.stderr and 'File "<string>"' in result.stderr  # the stack of the stuck thread
 
 
+@pytest.mark.slow
 def test_a_run_that_keeps_stepping_is_left_alone():
     script = textwrap.dedent("""
         import time
