@@ -14,6 +14,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from meddialog.params import set_dotted
+from meddialog.paths import METRICS_DIR, PROCESSED_DIR, RAW_DIR, VERL_DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,7 +144,7 @@ def make_adapter(base_dir: Path, out_dir: Path, parents: tuple = (), lora_b_scal
 
 
 # what download and process write (no absolute path, no MLflow run), copied into each tiny project
-DATA_OUTPUTS = ("data/raw", "data/processed", "data/verl", "metrics/data.json")
+DATA_OUTPUTS = (RAW_DIR, PROCESSED_DIR, VERL_DATA_DIR, METRICS_DIR / "data.json")
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,14 @@ import json
 import sys
 
 from tests.conftest import REPO, sh
-from tools.data_scale import synthetic_records
+from tools.data_scale import read_dump, synthetic_records
 
 
 def test_records_repeat_the_dump_with_distinct_questions(tmp_path):
     dump = tmp_path / "dump.json"
     dump.write_text(json.dumps([{"instruction": "i", "input": f"q{n}", "output": "an answer long enough"}
                                 for n in range(3)]))
-    synthetic_records(dump, 7, tmp_path / "out.jsonl")
+    synthetic_records(read_dump(dump), 7, tmp_path / "out.jsonl")
     questions = [json.loads(line)["input"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert questions == ["q0", "q1", "q2", "(1) q0", "(1) q1", "(1) q2", "(2) q0"]
 

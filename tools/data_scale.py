@@ -26,13 +26,17 @@ from tools.workspace import run_module, write_params
 SOURCE = "healthcaremagic"
 
 
-def synthetic_records(dump: Path, size: int, out: Path) -> None:
+def read_dump(dump: Path) -> list:
     try:
         records = json.loads(dump.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"--dump {dump}: cannot read a JSON list of records ({err})") from None
     if not isinstance(records, list) or not records:
         raise UserError(f"--dump {dump}: expected a non-empty JSON list of records")
+    return records
+
+
+def synthetic_records(records: list, size: int, out: Path) -> None:
     with out.open("w", encoding="utf-8") as f:
         for i in range(size):
             record = dict(records[i % len(records)])
@@ -41,11 +45,11 @@ def synthetic_records(dump: Path, size: int, out: Path) -> None:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def measure(dump: Path, size: int) -> dict[str, float]:
+def measure(records: list, size: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="data-scale-") as tmp:
         root = Path(tmp)
         raw = root / "dump.jsonl"
-        synthetic_records(dump, size, raw)
+        synthetic_records(records, size, raw)
         write_params(root, {f"data.sources.{SOURCE}.path": str(raw), f"data.sources.{SOURCE}.num_samples": 0})
         row: dict[str, float] = {"records": size}
         for stage in ("download", "process"):
@@ -64,10 +68,11 @@ def main() -> None:
     args = parser.parse_args()
     if any(size < 1 for size in args.sizes):
         raise UserError("--sizes must be positive")
+    records = read_dump(args.dump)
     print("| records | healthcaremagic in / kept / dropped | download s | download peak MB | process s | process peak MB |")
     print("|---|---|---|---|---|---|")
     for size in args.sizes:
-        r = measure(args.dump.resolve(), size)
+        r = measure(records, size)
         print(f"| {size} | {r['in']} / {r['kept']} / {r['dropped']} | {r['download_s']:.1f} | "
               f"{r['download_peak_mb']:.0f} | {r['process_s']:.1f} | {r['process_peak_mb']:.0f} |", flush=True)
 

@@ -115,7 +115,8 @@ def kill_stage(root: Path, stage: str, outs: list[str], args) -> list[Point]:
     if args.at:
         chosen = list(args.at)
     else:
-        candidates = [e for e in events if belongs_to(e.split(" ", 1)[1].rsplit(" ", 1)[0], outs)]
+        # dict.fromkeys: two processes' n-th write of one path are one point (the probe kills at the first)
+        candidates = list(dict.fromkeys(e for e in events if belongs_to(e.split(" ", 1)[1].rsplit(" ", 1)[0], outs)))
         chosen = rng.sample(candidates, min(args.points, len(candidates)))
         chosen += [f"moment {rng.uniform(0.2, 0.9) * duration:.1f}" for _ in range(args.moments)]
     return [kill_and_rerun(root, stage, outs, at, reference, volatile) for at in chosen]
