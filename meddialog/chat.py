@@ -17,6 +17,7 @@ import dataclasses
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -136,22 +137,40 @@ def main(argv: list[str] | None = None) -> None:
     _converse(_start(args), args)
 
 
-def route_ctrl_c_to_this_thread() -> None:
+def route_ctrl_c_to_this_thread(nudge_every: float = 0.1) -> None:
     """Make Ctrl-C raise KeyboardInterrupt here, whatever thread the kernel hands SIGINT to.
 
     A process-wide SIGINT goes to any thread that does not block it; torch's and the tokenizer's worker
     threads would take it, and input() (in this thread) would wait on forever. So SIGINT is blocked in
     this thread, and every thread started from now on inherits that mask; one watcher thread accepts it
     with sigwait and interrupts this thread with SIGUSR1, whose handler raises KeyboardInterrupt (also
-    in the middle of a generation, between two tokens)."""
+    in the middle of a generation, between two tokens).
+
+    One SIGUSR1 is not enough: readline waits in select() with no timeout, and a signal that lands
+    after the prompt is printed but before select() is entered wakes nothing, so the chat would hang
+    at the prompt (seen once in CI on a loaded machine). The watcher repeats the nudge every
+    `nudge_every` seconds until the handler has run; the handler raises once per Ctrl-C, however many
+    nudges arrive."""
     this = threading.get_ident()
+    pending = False  # a Ctrl-C not yet raised: one flag, set by the watcher, cleared by the handler
+
+    def interrupt(signum, frame) -> None:
+        nonlocal pending
+        if pending:  # a late nudge, after this Ctrl-C was raised, finds it False and does nothing
+            pending = False
+            raise KeyboardInterrupt
+
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    signal.signal(signal.SIGUSR1, signal.default_int_handler)
+    signal.signal(signal.SIGUSR1, interrupt)
 
     def forward() -> None:
+        nonlocal pending
         while True:
             signal.sigwait({signal.SIGINT})
-            signal.pthread_kill(this, signal.SIGUSR1)
+            pending = True
+            while pending:
+                signal.pthread_kill(this, signal.SIGUSR1)
+                time.sleep(nudge_every)
 
     threading.Thread(target=forward, name="ctrl-c", daemon=True).start()
 

@@ -174,6 +174,36 @@ def _exit_code(pid: int, timeout: float) -> int:
     raise AssertionError(f"the chat did not exit within {timeout} s")
 
 
+# A Ctrl-C whose first nudge wakes nothing (it lands between readline printing the prompt and entering
+# select(), modelled by ignoring SIGUSR1 for a moment), then a blocking select() like readline's: the
+# watcher must nudge again, and each Ctrl-C must raise exactly once.
+LOST_NUDGE = """
+import os, select, signal, time
+from meddialog.chat import route_ctrl_c_to_this_thread
+
+route_ctrl_c_to_this_thread(nudge_every=0.05)
+read_end, _ = os.pipe()
+for attempt in range(2):
+    handler = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)
+    signal.signal(signal.SIGUSR1, handler)
+    try:
+        select.select([read_end], [], [])
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+time.sleep(0.3)
+print("done")
+"""
+
+
+def test_a_ctrl_c_whose_first_nudge_is_lost_still_interrupts_a_blocking_read_once():
+    result = subprocess.run([sys.executable, "-c", LOST_NUDGE], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["interrupted", "interrupted", "done"]
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_an_answer_being_generated(project, embedded_base_dir):
     write_params(project, **{"generation.max_new_tokens": 400})
