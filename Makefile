@@ -27,9 +27,10 @@ repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(BIN)/python -m tools.check_metrics
 
-# The main suite (its vLLM tests start servers from .venv-vllm), then verl's CPU tests in verl's own virtualenv.
+# The main suite on two workers (pytest-xdist; tests/conftest.py keeps each module on one worker and builds
+# the tiny pipeline run once), its vLLM tests starting servers from .venv-vllm; then verl's CPU tests in verl's own virtualenv.
 test: setup setup-verl setup-vllm
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 	$(VERL_VENV)/bin/python -m pytest tests_verl
 
 # Every benchmark (tools/bench.py) on this machine, merged into metrics/bench.json and printed as a table;

@@ -18,6 +18,32 @@ from meddialog.paths import METRICS_DIR, PROCESSED_DIR, RAW_DIR, VERL_DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The test modules whose tests use `tiny_run` (tests/test_scheduling.py checks this list against the fixtures).
+TINY_RUN_MODULES = frozenset({"tests/test_experiments.py", "tests/test_export.py", "tests/test_kill_suite.py",
+                              "tests/test_remote.py"})
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: `make test` runs the suite as `pytest -n 2`
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules to a worker, as the tests were written for (module fixtures, and tests that build on the
+    one before, e.g. an experiment then its comparison), and the modules on the tiny pipeline run together
+    and first: each worker builds its own session fixtures, and `tiny_run` (a whole `dvc repro`) is the
+    longest. xdist's own `--dist loadgroup` cannot do this under pytest 9, which ignores the group suffix
+    xdist 3.8 writes into `item._nodeid`."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TinyRunFirst(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "tiny_run" if module in TINY_RUN_MODULES else module
+
+        def _assign_work_unit(self, node) -> None:
+            if "tiny_run" in self.workqueue:
+                self.workqueue.move_to_end("tiny_run", last=False)
+            super()._assign_work_unit(node)
+
+    return TinyRunFirst(config, log)
+
 
 def run_stage(name: str, cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m stages.<name>` in `cwd`, the way dvc.yaml runs it; a dotted `name` is a module of its own
