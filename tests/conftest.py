@@ -29,7 +29,7 @@ def pytest_xdist_make_scheduler(config, log):
     one before, e.g. an experiment then its comparison), and the modules on the tiny pipeline run together
     and first: each worker builds its own session fixtures, and `tiny_run` (a whole `dvc repro`) is the
     longest. xdist's own `--dist loadgroup` cannot do this under pytest 9, which ignores the group suffix
-    xdist 3.8 writes into `item._nodeid`."""
+    xdist 3.8 writes into `item._nodeid` (pytest-xdist issue #1386, open)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class TinyRunFirst(LoadScopeScheduling):
