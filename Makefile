@@ -28,7 +28,8 @@ repro: setup
 	$(BIN)/python -m tools.check_metrics
 
 # The main suite on two workers (pytest-xdist; tests/conftest.py keeps each module on one worker and builds
-# the tiny pipeline run once), its vLLM tests starting servers from .venv-vllm; then verl's CPU tests in verl's own virtualenv.
+# the tiny pipeline run once), its vLLM tests starting servers from .venv-vllm; then verl's CPU tests in
+# verl's own virtualenv.
 test: setup setup-verl setup-vllm
 	$(BIN)/python -m pytest -n 2
 	$(VERL_VENV)/bin/python -m pytest tests_verl
